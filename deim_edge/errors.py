@@ -1,0 +1,24 @@
+"""The exceptions deim-edge raises for bad input; each message says what to do next."""
+
+
+class DeimEdgeError(Exception):
+    """Base class of every error deim-edge raises on purpose."""
+
+
+class UnknownVariantError(DeimEdgeError, KeyError):
+    """A variant name that is not one of the eight DEIMv2 variants."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(DeimEdgeError):
+    """A checkpoint file that is missing, corrupt, or made for another model."""
+
+
+class InputSizeError(DeimEdgeError, ValueError):
+    """An input size the model cannot run (DEIMv2 needs multiples of 32)."""
+
+
+class DownloadError(DeimEdgeError):
+    """A download that failed or whose content did not match its expected hash."""

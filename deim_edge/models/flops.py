@@ -1,0 +1,27 @@
+"""FLOPs of a model's forward pass, one multiply-add counted as two FLOPs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@torch.no_grad()
+def flops(model: nn.Module, input_size: int | tuple[int, int] | None = None, batch: int = 1) -> int:
+    """Total FLOPs of one eval forward at `input_size` (defaults to the model's own input size)."""
+    if input_size is None:
+        input_size = getattr(model, "input_size", None)
+        if input_size is None:
+            raise ValueError("pass input_size: the model does not record one")
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    param = next(model.parameters())
+    x = torch.zeros(batch, 3, h, w, dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
