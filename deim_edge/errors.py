@@ -22,3 +22,7 @@ class InputSizeError(DeimEdgeError, ValueError):
 
 class DownloadError(DeimEdgeError):
     """A download that failed or whose content did not match its expected hash."""
+
+
+class MissingDependencyError(DeimEdgeError, ImportError):
+    """An optional dependency that is not installed; the message names the extra to install."""

@@ -1,0 +1,77 @@
+"""Command line: `python -m deim_edge info [VARIANT]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import VARIANTS, get_variant
+from .errors import DeimEdgeError
+
+
+def info(args: argparse.Namespace) -> None:
+    """Without a variant: the table of variants. With one: build it and print its summary."""
+    if args.variant is None:
+        print(f"{'variant':<14}{'input':>6}{'backbone':>20}{'params':>12}{'GFLOPs':>9}{'COCO AP':>9}{'T4 ms':>7}")
+        for v in VARIANTS.values():
+            p = v.published
+            print(f"{v.name:<14}{v.input_size:>6}{v.backbone.name:>20}{p.params_deploy:>12,}{p.gflops:>9.3f}"
+                  f"{p.coco_ap:>9.1f}{p.t4_trt_fp16_ms:>7.2f}")
+        return
+
+    import torch
+
+    from .models import build_model, flops, load_checkpoint
+
+    variant = get_variant(args.variant)
+    size = args.imgsz or variant.input_size
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint, variant, input_size=size)
+        source = args.checkpoint
+    else:
+        model = build_model(variant, input_size=size).eval()
+        source = "random weights (no --checkpoint given)"
+    train_params = sum(p.numel() for p in model.parameters())
+    deployed = model.deploy()
+    deploy_params = sum(p.numel() for p in deployed.parameters())
+    gflops = flops(deployed, size) / 1e9
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        deployed(x)  # warm-up
+        start = time.perf_counter()
+        out = deployed(x)
+        ms = 1000 * (time.perf_counter() - start)
+    v = variant
+    norm = "x/255" if v.mean is None else f"x/255, mean {v.mean}, std {v.std}"
+    print(f"{v.name}  ({source})")
+    print(f"  backbone   {v.backbone.name}, taps {list(v.backbone.taps)}")
+    print(f"  encoder    {v.encoder.kind} (hidden {v.encoder.hidden_dim})")
+    print(f"  decoder    {v.decoder.num_layers} layers, {v.decoder.num_queries} queries, points {list(v.decoder.num_points)}")
+    print(f"  input      {size}x{size} RGB, {norm}")
+    print(f"  params     train {train_params:,} (official {v.published.params_train:,}), "
+          f"deploy {deploy_params:,} (official {v.published.params_deploy:,})")
+    print(f"  GFLOPs     {gflops:.3f} at {size} (official {v.published.gflops} at {v.input_size})")
+    print(f"  outputs    pred_logits {tuple(out['pred_logits'].shape)}, pred_boxes {tuple(out['pred_boxes'].shape)}")
+    print(f"  CPU        {ms:.1f} ms for one forward at batch 1 ({torch.get_num_threads()} threads)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deim_edge", description="DEIMv2 detectors on edge devices")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("info", help="list the variants, or build one and print its summary")
+    p.add_argument("variant", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
+    p.add_argument("--imgsz", type=int, help="input size (a multiple of 32); default: the variant's")
+    p.add_argument("--checkpoint", help="a .pth checkpoint (official DEIMv2 or deim-edge)")
+    p.set_defaults(run=info)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except DeimEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

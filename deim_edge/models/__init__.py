@@ -1,0 +1,16 @@
+"""DEIMv2 models as plain PyTorch modules (needs torch: pip install 'deim-edge[torch]')."""
+
+try:
+    import torch  # noqa: F401
+except ImportError as e:
+    from ..errors import MissingDependencyError
+
+    raise MissingDependencyError(
+        "deim_edge.models needs PyTorch: pip install -c constraints.txt 'deim-edge[torch]'") from e
+
+from .checkpoint import load_checkpoint, load_pretrained_backbone, read_state_dict, save_checkpoint
+from .deimv2 import DEIMv2, build_model
+from .flops import flops
+
+__all__ = ["DEIMv2", "build_model", "flops", "load_checkpoint", "load_pretrained_backbone", "read_state_dict",
+           "save_checkpoint"]

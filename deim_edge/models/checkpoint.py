@@ -1,0 +1,162 @@
+"""Checkpoint io in the official DEIMv2 format: {'model': ..., 'ema': {'module': ...}, ...}."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from ..fileio import atomic_path
+from ..variants import VARIANTS, Variant, get_variant
+from .deimv2 import DEIMv2, build_model
+from .hgnetv2 import HGNetv2, load_pretrained_hgnetv2
+from .sta import load_pretrained_vit
+
+# Buffers that depend on the input size: regenerated for the requested size, never copied.
+SIZE_DEPENDENT = ("decoder.anchors", "decoder.valid_mask")
+SCORE_HEAD = "decoder.enc_score_head.weight"  # [num_classes, hidden]
+MAX_LISTED = 8
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any], trusted: bool = False) -> dict[str, Tensor]:
+    """The model weights in a checkpoint file or dict; the EMA weights when present.
+
+    Accepts an official training checkpoint, a bare state dict, or their path. Files are read
+    with torch's weights-only unpickler unless `trusted=True`.
+    """
+    obj = _load_file(source, trusted) if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"a checkpoint must hold a dict, got {type(obj).__name__}")
+    ema = obj.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        state = ema["module"]
+    elif isinstance(obj.get("model"), Mapping):
+        state = obj["model"]
+    elif isinstance(obj.get("state_dict"), Mapping):
+        state = obj["state_dict"]
+    else:
+        state = obj
+    state = {_strip_wrappers(k): v for k, v in state.items()}
+    if not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError("the checkpoint holds no state dict of tensors (expected keys 'model' or "
+                              "'ema.module', or a plain state dict)")
+    return state
+
+
+def _strip_wrappers(key: str) -> str:
+    """Keys saved from DistributedDataParallel or torch.compile wrappers."""
+    return re.sub(r"^(module\.|_orig_mod\.)+", "", key)
+
+
+def _load_file(path: str | os.PathLike, trusted: bool) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        if trusted:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        raise CheckpointError(
+            f"{path} holds Python objects beyond tensors; if you trust its source, load it with "
+            f"trusted=True ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+
+
+def guess_variant(state: Mapping[str, Tensor]) -> Variant | None:
+    """The variant whose decoder width, depth and backbone family match a state dict, if any."""
+    head = state.get(SCORE_HEAD)
+    if head is None:
+        return None
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"decoder\.decoder\.layers\.(\d+)\.", k))}
+    vit = any(k.startswith("backbone.dinov3.") for k in state)
+    for v in VARIANTS.values():
+        if (v.decoder.hidden_dim, v.decoder.num_layers, v.backbone.name.startswith(("vit", "dinov3"))) == (
+                head.shape[1], len(layers), vit):
+            return v
+    return None
+
+
+def _disagreements(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list, list, list]:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [(k, tuple(state[k].shape), s) for k, s in expected.items()
+              if k in state and k not in SIZE_DEPENDENT and tuple(state[k].shape) != s]
+    return missing, unexpected, shapes
+
+
+def _report(variant: Variant, state: Mapping[str, Tensor], missing: list, unexpected: list, shapes: list) -> str:
+    def listed(items: list) -> str:
+        more = f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+        return ", ".join(map(str, items[:MAX_LISTED])) + more
+
+    lines = [f"the checkpoint does not fit {variant.name}:"]
+    if missing:
+        lines.append(f"  {len(missing)} keys missing from the checkpoint: {listed(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} keys the model does not have: {listed(unexpected)}")
+    if shapes:
+        lines.append(f"  {len(shapes)} shapes disagree (key: checkpoint vs model): "
+                     + listed([f"{k}: {a} vs {b}" for k, a, b in shapes]))
+    guess = guess_variant(state)
+    if guess is not None and guess.name != variant.name:
+        lines.append(f"  it looks like a {guess.name} checkpoint: pass variant={guess.name!r}")
+    elif shapes and all(k.startswith(("decoder.enc_score_head", "decoder.dec_score_head",
+                                      "decoder.denoising_class_embed")) for k, _, _ in shapes):
+        lines.append(f"  only the class heads differ: pass num_classes={state[SCORE_HEAD].shape[0]}")
+    return "\n".join(lines)
+
+
+def load_checkpoint(source: str | os.PathLike | Mapping[str, Any], variant: str | Variant,
+                    input_size: int | tuple[int, int] | None = None, num_classes: int | None = None,
+                    trusted: bool = False) -> DEIMv2:
+    """A `variant` model with the weights of an official (or deim-edge) checkpoint, in eval mode.
+
+    Keys and shapes are checked strictly; the anchors and valid mask are rebuilt for
+    `input_size` (default: the variant's), so a checkpoint trained at one size loads for another.
+    Deploy-mode state dicts load into a deployed model. num_classes defaults to the checkpoint's.
+    """
+    variant = get_variant(variant)
+    state = read_state_dict(source, trusted=trusted)
+    if num_classes is None:
+        num_classes = state[SCORE_HEAD].shape[0] if SCORE_HEAD in state else variant.num_classes
+    model = build_model(variant, num_classes=num_classes, input_size=input_size)
+    problems = _disagreements(model, state)
+    if any(problems):
+        deployed = build_model(variant, num_classes=num_classes, input_size=input_size).deploy()
+        if not any(_disagreements(deployed, state)):
+            model = deployed
+        else:
+            raise CheckpointError(_report(variant, state, *problems))
+    own = model.state_dict()
+    state = {k: (own[k] if k in SIZE_DEPENDENT else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,
+                    **extra: Any) -> Path:
+    """Write `model` (and its EMA copy) in the official format, atomically; extra keys are kept."""
+    updates = extra.pop("ema_updates", 0)
+    ckpt: dict[str, Any] = {"model": model.state_dict(), **extra}
+    if ema is not None:
+        ckpt["ema"] = {"module": ema.state_dict(), "updates": updates}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
+def load_pretrained_backbone(model: DEIMv2, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Load ImageNet HGNetv2 or Meta DINOv3 / distilled ViT-Tiny weights into the backbone."""
+    if isinstance(model.backbone, HGNetv2):
+        return load_pretrained_hgnetv2(model.backbone, path)
+    return load_pretrained_vit(model.backbone, path)

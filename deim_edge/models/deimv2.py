@@ -1,0 +1,118 @@
+"""The DEIMv2 detector: backbone -> encoder -> decoder, built from a variant record."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputSizeError
+from ..variants import Variant, get_variant
+from .decoder import DEIMv2Decoder
+from .hgnetv2 import HGNETV2_CONFIGS, HGNetv2
+from .hybrid_encoder import HybridEncoder
+from .lite_encoder import LiteEncoder
+from .sta import ViTAdapterBackbone
+
+STRIDE = 32  # every variant's coarsest feature map
+
+
+def check_input_size(height: int, width: int) -> None:
+    """Raise InputSizeError unless both sides are positive multiples of 32."""
+    if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
+        raise InputSizeError(
+            f"input size {height}x{width} is not a multiple of {STRIDE}; DEIMv2 needs both sides to be "
+            f"multiples of {STRIDE} (e.g. {_nearest(height)}x{_nearest(width)})")
+
+
+def _nearest(n: int) -> int:
+    return max(STRIDE, round(n / STRIDE) * STRIDE)
+
+
+class DEIMv2(nn.Module):
+    """A DEIMv2 detector. forward(images [B,3,H,W], targets=None) -> dict.
+
+    Eval: {'pred_logits' [B,Q,C], 'pred_boxes' [B,Q,4] normalized cx,cy,w,h}; training adds the
+    per-layer, encoder and denoising predictions a DEIM criterion needs.
+    """
+
+    def __init__(self, variant: Variant, backbone: nn.Module, encoder: nn.Module, decoder: DEIMv2Decoder,
+                 input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.variant = variant
+        self.input_size = input_size
+        self.backbone = backbone
+        self.decoder = decoder  # registered before the encoder: the official state-dict order
+        self.encoder = encoder
+
+    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None) -> dict:
+        check_input_size(images.shape[-2], images.shape[-1])
+        return self.decoder(self.encoder(self.backbone(images)), targets)
+
+    def set_input_size(self, input_size: int | tuple[int, int]) -> None:
+        """Rebuild the size-dependent buffers (decoder anchors and valid mask) for another size."""
+        size = _pair(input_size)
+        check_input_size(*size)
+        self.input_size = size
+        self.decoder.set_input_size(size)
+
+    @torch.no_grad()
+    def deploy(self) -> "DEIMv2":
+        """Switch to eval and apply the official deploy step (drop training heads, fuse convs)."""
+        self.eval()
+        for m in self.modules():
+            if hasattr(m, "convert_to_deploy"):
+                m.convert_to_deploy()
+        return self
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def build_backbone(variant: Variant) -> nn.Module:
+    spec = variant.backbone
+    if spec.name in HGNETV2_CONFIGS:
+        return HGNetv2(spec.name, return_idx=spec.taps, use_lab=True)
+    return ViTAdapterBackbone(spec.name, interaction_indexes=spec.taps, conv_inplane=spec.sta_channels,
+                              hidden_dim=spec.sta_hidden)
+
+
+def build_encoder(variant: Variant) -> nn.Module:
+    spec = variant.encoder
+    if spec.kind == "lite":
+        return LiteEncoder(spec.in_channels, spec.in_strides, spec.hidden_dim, spec.expansion, spec.depth_mult,
+                           act=variant.decoder.activation)
+    return HybridEncoder(
+        in_channels=spec.in_channels, feat_strides=spec.in_strides, hidden_dim=spec.hidden_dim,
+        dim_feedforward=spec.dim_feedforward, use_encoder_idx=[len(spec.in_channels) - 1],
+        expansion=spec.expansion, depth_mult=spec.depth_mult, act=variant.decoder.activation,
+        version=spec.version)
+
+
+def build_decoder(variant: Variant, num_classes: int, input_size: tuple[int, int]) -> DEIMv2Decoder:
+    spec = variant.decoder
+    return DEIMv2Decoder(
+        num_classes=num_classes, hidden_dim=spec.hidden_dim, num_queries=spec.num_queries,
+        feat_channels=[spec.hidden_dim] * spec.num_levels, feat_strides=list(spec.feat_strides),
+        num_levels=spec.num_levels, num_points=list(spec.num_points), nhead=spec.nhead,
+        num_layers=spec.num_layers, dim_feedforward=spec.dim_feedforward, num_denoising=spec.num_denoising,
+        label_noise_ratio=spec.label_noise_ratio, box_noise_scale=spec.box_noise_scale,
+        eval_spatial_size=input_size, eval_idx=spec.eval_idx, reg_max=spec.reg_max, reg_scale=spec.reg_scale,
+        layer_scale=spec.layer_scale, activation=spec.activation, mlp_act=spec.activation,
+        use_gateway=spec.use_gateway, share_bbox_head=spec.share_bbox_head)
+
+
+def build_model(variant: str | Variant, num_classes: int = 80,
+                input_size: int | tuple[int, int] | None = None) -> DEIMv2:
+    """A DEIMv2 model of `variant` (e.g. 'deimv2-pico') in train mode with fresh weights.
+
+    input_size (int or (h, w), multiples of 32) defaults to the variant's eval size; it sets the
+    anchors kept for eval, and any other multiple of 32 still runs.
+    """
+    variant = get_variant(variant)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    size = _pair(input_size if input_size is not None else variant.input_size)
+    check_input_size(*size)
+    return DEIMv2(variant, build_backbone(variant), build_encoder(variant),
+                  build_decoder(variant, num_classes, size), size)

@@ -1,0 +1,60 @@
+"""Write tests/data/parity/*.npz: outputs of the public DEIMv2 code on fixed weights and inputs.
+
+    python tools/make_parity_vectors.py --deimv2 PATH/TO/DEIMv2-checkout
+
+Each case runs in its own process (the public config system keeps state between builds). The
+weights come from tests/parity_weights.py, so the tests rebuild them without the public code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "data" / "parity"
+# (variant, input size): every variant at its eval size, the large ones reduced, and two other sizes.
+CASES = [("deimv2-atto", 320), ("deimv2-femto", 416), ("deimv2-pico", 640), ("deimv2-n", 640),
+         ("deimv2-s", 640), ("deimv2-m", 320), ("deimv2-l", 320), ("deimv2-x", 320),
+         ("deimv2-atto", 640), ("deimv2-pico", 480)]
+SEED = 0
+
+
+def run_case(checkout: str, variant: str, size: int) -> None:
+    sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests")]
+    from deimv2_reference import build_reference
+    from parity_weights import fill_parity_weights, parity_input
+
+    torch.manual_seed(SEED)
+    model = fill_parity_weights(build_reference(checkout, variant, size), SEED).eval()
+    x = parity_input((size, size), SEED)
+    with torch.no_grad():
+        out = model(x)
+        deployed = model.deploy()(x)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        OUT / f"{variant}_{size}.npz", seed=SEED, size=size,
+        pred_logits=out["pred_logits"].numpy(), pred_boxes=out["pred_boxes"].numpy(),
+        deploy_logits=deployed["pred_logits"].numpy(), deploy_boxes=deployed["pred_boxes"].numpy())
+    print(f"{variant} @ {size}: logits {tuple(out['pred_logits'].shape)}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deimv2", required=True, help="checkout of Intellindust-AI-Lab/DEIMv2")
+    parser.add_argument("--case", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        run_case(args.deimv2, args.case[0], int(args.case[1]))
+        return
+    for variant, size in CASES:
+        subprocess.run([sys.executable, __file__, "--deimv2", args.deimv2, "--case", variant, str(size)], check=True)
+
+
+if __name__ == "__main__":
+    main()
