@@ -14,7 +14,8 @@ from conftest import DATA, read_listing
 from parity_weights import fill_parity_weights, parity_input
 
 from deim_edge import VARIANTS, CheckpointError, InputSizeError, UnknownVariantError, get_variant
-from deim_edge.models import build_model, flops, load_checkpoint, read_state_dict, save_checkpoint
+from deim_edge.models import (build_model, flops, load_checkpoint, load_pretrained_backbone, read_state_dict,
+                               save_checkpoint)
 
 NAMES = list(VARIANTS)
 PARITY_FILES = sorted((DATA / "parity").glob("*.npz"))
@@ -251,3 +252,18 @@ def test_save_checkpoint_is_official_format_and_atomic(tmp_path: Path):
 def test_importing_the_package_does_not_import_torch():
     code = "import sys, deim_edge; deim_edge.get_variant('pico'); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pretrained_backbones_load_from_local_files(tmp_path: Path):
+    b0 = build_model("deimv2-n").backbone.state_dict()  # an HGNetv2-B0 ImageNet checkpoint's layout
+    torch.save(b0, tmp_path / "PPHGNetV2_B0_stage1.pth")
+    atto = build_model("deimv2-atto")
+    report = load_pretrained_backbone(atto, tmp_path / "PPHGNetV2_B0_stage1.pth")
+    assert report["loaded"] and all(k.startswith("stages.2") for k in report["skipped_shape"])
+    torch.testing.assert_close(atto.backbone.stem.stem1.conv.weight, b0["stem.stem1.conv.weight"])
+
+    vit = build_model("deimv2-l").backbone.dinov3.state_dict()  # Meta's DINOv3 ViT-S/16 key layout
+    torch.save(vit, tmp_path / "dinov3_vits16.pth")
+    model = build_model("deimv2-l")
+    load_pretrained_backbone(model, tmp_path / "dinov3_vits16.pth")
+    torch.testing.assert_close(model.backbone.dinov3.state_dict(), vit)
