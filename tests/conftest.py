@@ -18,10 +18,21 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
-def read_listing(variant_short: str, mode: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{key: (shape, dtype)} of an official state dict, e.g. read_listing('pico', 'deploy')."""
+Listing = dict[str, tuple[tuple[int, ...], str]]
+
+
+def read_listing(variant: str, mode: str, prefix: str = "") -> Listing:
+    """{key: (shape, dtype)} of an official state dict in file order, e.g. read_listing('deimv2-pico',
+    'deploy', prefix='decoder.'); only keys under `prefix`, with the prefix removed."""
     rows = {}
-    for line in (DATA / "state_dicts" / f"{variant_short}_{mode}.tsv").read_text().splitlines():
+    short = variant.removeprefix("deimv2-")
+    for line in (DATA / "state_dicts" / f"{short}_{mode}.tsv").read_text().splitlines():
         name, shape, dtype = line.split("\t")
-        rows[name] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype)
+        if name.startswith(prefix):
+            rows[name[len(prefix):]] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype)
     return rows
+
+
+def listing(module) -> Listing:
+    """The same {key: (shape, dtype)} view of a module's state dict."""
+    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in module.state_dict().items()}

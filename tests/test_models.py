@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, read_listing
+from conftest import DATA, listing, read_listing
 from parity_weights import fill_parity_weights, parity_input
 
 from deim_edge import VARIANTS, CheckpointError, InputSizeError, UnknownVariantError, get_variant
@@ -22,16 +22,8 @@ PARITY_FILES = sorted((DATA / "parity").glob("*.npz"))
 TOL = 1e-4
 
 
-def short(name: str) -> str:
-    return name.removeprefix("deimv2-")
-
-
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def listing(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -52,7 +44,7 @@ def test_parameter_counts_equal_the_official_table(built):
 def test_state_dict_equals_the_official_listing(built):
     variant, train, deployed = built
     for model, mode in ((train, "train"), (deployed, "deploy")):
-        expected = read_listing(short(variant.name), mode)
+        expected = read_listing(variant.name, mode)
         got = listing(model)
         assert list(got) == list(expected), f"{variant.name} {mode}: key order or names differ"
         assert got == expected

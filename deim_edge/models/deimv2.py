@@ -55,14 +55,19 @@ class DEIMv2(nn.Module):
         self.input_size = size
         self.decoder.set_input_size(size)
 
-    @torch.no_grad()
     def deploy(self) -> "DEIMv2":
         """Switch to eval and apply the official deploy step (drop training heads, fuse convs)."""
-        self.eval()
-        for m in self.modules():
-            if hasattr(m, "convert_to_deploy"):
-                m.convert_to_deploy()
-        return self
+        return deploy(self)
+
+
+@torch.no_grad()
+def deploy(module: nn.Module) -> nn.Module:
+    """Eval mode, then `convert_to_deploy()` on every submodule that has it, parents first."""
+    module.eval()
+    for m in module.modules():  # live: a parent converts before its (possibly new) children are visited
+        if hasattr(m, "convert_to_deploy"):
+            m.convert_to_deploy()
+    return module
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
