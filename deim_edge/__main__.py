@@ -20,9 +20,9 @@ def info(args: argparse.Namespace) -> None:
                   f"{p.coco_ap:>9.1f}{p.t4_trt_fp16_ms:>7.2f}")
         return
 
-    import torch
+    from .models import build_model, flops, load_checkpoint, num_params  # first: names the extra if torch is missing
 
-    from .models import build_model, flops, load_checkpoint
+    import torch
 
     variant = get_variant(args.variant)
     size = args.imgsz or variant.input_size
@@ -32,9 +32,9 @@ def info(args: argparse.Namespace) -> None:
     else:
         model = build_model(variant, input_size=size).eval()
         source = "random weights (no --checkpoint given)"
-    train_params = sum(p.numel() for p in model.parameters())
+    train_params = num_params(model)
     deployed = model.deploy()
-    deploy_params = sum(p.numel() for p in deployed.parameters())
+    deploy_params = num_params(deployed)
     gflops = flops(deployed, size) / 1e9
     x = torch.rand(1, 3, size, size)
     with torch.no_grad():

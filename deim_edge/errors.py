@@ -16,6 +16,10 @@ class CheckpointError(DeimEdgeError):
     """A checkpoint file that is missing, corrupt, or made for another model."""
 
 
+class ConfigError(DeimEdgeError, ValueError):
+    """An option value that cannot work (e.g. num_classes 0)."""
+
+
 class InputSizeError(DeimEdgeError, ValueError):
     """An input size the model cannot run (DEIMv2 needs multiples of 32)."""
 

@@ -42,6 +42,7 @@ class EncoderSpec:
     depth_mult: float
     dim_feedforward: int = 0  # AIFI layer of the hybrid encoder
     version: str = ""  # hybrid flavour
+    activation: str = "silu"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,26 @@ class DecoderSpec:
     @property
     def num_levels(self) -> int:
         return len(self.feat_strides)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """DEIM criterion weights: MAL, L1 box, GIoU, fine-grained localization, decoupled distillation."""
+
+    mal: float = 1.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    fgl: float = 0.15
+    ddf: float = 1.5
+
+
+@dataclass(frozen=True)
+class MatcherCosts:
+    """Hungarian matcher costs (class cost by focal loss)."""
+
+    cls: float = 2.0
+    bbox: float = 5.0
+    giou: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,12 +122,10 @@ class TrainRecipe:
     ema_decay: float = 0.9999
     ema_warmups: int = 1000
     clip_max_norm: float = 0.1
-    loss_weights: dict = field(
-        default_factory=lambda: {"mal": 1.0, "bbox": 5.0, "giou": 2.0, "fgl": 0.15, "ddf": 1.5}
-    )
+    loss_weights: LossWeights = field(default_factory=LossWeights)
     mal_gamma: float = 1.5
     mal_alpha: float = 0.75
-    matcher_costs: dict = field(default_factory=lambda: {"class": 2.0, "bbox": 5.0, "giou": 2.0})
+    matcher_costs: MatcherCosts = field(default_factory=MatcherCosts)
     matcher_focal_alpha: float = 0.25
     matcher_focal_gamma: float = 2.0
     matcher_iou_order: float = 4.0
@@ -147,16 +166,18 @@ class Variant:
         return self.encoder.kind == "lite"
 
 
-def _light(name, size, backbone, channels, hidden, queries, ff, lr, backbone_lr, mosaic_prob, min_box, published):
+def _light(*, name, size, backbone, channels, hidden, queries, ff, lr, backbone_lr, mosaic_prob, min_box, published):
     """The three HGNetv2 + LiteEncoder variants share everything but these numbers."""
     return Variant(
         name=name,
         input_size=size,
         mean=None,
         std=None,
-        backbone=BackboneSpec(backbone, (2,)),
-        encoder=EncoderSpec("lite", (channels,), (16,), hidden, 0.34, 0.5),
-        decoder=DecoderSpec(hidden, (16, 32), 3, queries, (4, 2), ff, use_gateway=False, share_bbox_head=True),
+        backbone=BackboneSpec(name=backbone, taps=(2,)),
+        encoder=EncoderSpec(kind="lite", in_channels=(channels,), in_strides=(16,), hidden_dim=hidden, expansion=0.34,
+                            depth_mult=0.5),
+        decoder=DecoderSpec(hidden_dim=hidden, feat_strides=(16, 32), num_layers=3, num_queries=queries,
+                            num_points=(4, 2), dim_feedforward=ff, use_gateway=False, share_bbox_head=True),
         recipe=TrainRecipe(
             epochs=500, lr=lr, backbone_lr=backbone_lr, weight_decay=1e-4, total_batch_size=128,
             warmup_iters=4000, flat_epoch=250, no_aug_epoch=32, lr_gamma=0.5, aug_policy_epochs=(4, 250, 400),
@@ -168,22 +189,25 @@ def _light(name, size, backbone, channels, hidden, queries, ff, lr, backbone_lr,
     )
 
 
-def _vit(name, backbone, taps, sta, hidden, expansion, depth_mult, enc_ff, layers, dec_ff, recipe, published):
+def _vit(*, name, backbone, taps, sta, hidden, expansion, depth_mult, enc_ff, layers, dec_ff, recipe, published):
     """The four ViT + STA + HybridEncoder ('deim' flavour) variants."""
     return Variant(
         name=name,
         input_size=640,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        backbone=BackboneSpec(backbone, taps, sta, hidden),
-        encoder=EncoderSpec("hybrid", (hidden,) * 3, (8, 16, 32), hidden, expansion, depth_mult, enc_ff, "deim"),
-        decoder=DecoderSpec(hidden, (8, 16, 32), layers, 300, (3, 6, 3), dec_ff, use_gateway=True, share_bbox_head=False),
+        backbone=BackboneSpec(name=backbone, taps=taps, sta_channels=sta, sta_hidden=hidden),
+        encoder=EncoderSpec(kind="hybrid", in_channels=(hidden,) * 3, in_strides=(8, 16, 32), hidden_dim=hidden,
+                            expansion=expansion, depth_mult=depth_mult, dim_feedforward=enc_ff, version="deim"),
+        decoder=DecoderSpec(hidden_dim=hidden, feat_strides=(8, 16, 32), num_layers=layers, num_queries=300,
+                            num_points=(3, 6, 3), dim_feedforward=dec_ff, use_gateway=True, share_bbox_head=False),
         recipe=recipe,
         published=published,
     )
 
 
-def _vit_recipe(epochs, backbone_lr, weight_decay, flat, no_aug, policy, mixup_end, stop, repeat, change):
+def _vit_recipe(*, epochs, backbone_lr, weight_decay, flat, no_aug, policy, mixup_end, stop, repeat, change):
+    """The recipe of the ViT variants (S-X): what differs is the schedule length and backbone LR."""
     return TrainRecipe(
         epochs=epochs, lr=5e-4, backbone_lr=backbone_lr, weight_decay=weight_decay, total_batch_size=32,
         warmup_iters=2000, flat_epoch=flat, no_aug_epoch=no_aug, lr_gamma=0.5, aug_policy_epochs=policy,
@@ -194,20 +218,28 @@ def _vit_recipe(epochs, backbone_lr, weight_decay, flat, no_aug, policy, mixup_e
 
 
 _ALL = (
-    _light("deimv2-atto", 320, "Atto", 256, 64, 100, 160, 2e-3, 1e-3, 0.3, 12,
-           Published(508_985, 494_159, 0.763, 23.8, 1.10)),
-    _light("deimv2-femto", 416, "Femto", 512, 96, 150, 256, 1.6e-3, 8e-4, 0.5, 10,
-           Published(983_945, 962_311, 1.671, 31.0, 1.45)),
-    _light("deimv2-pico", 640, "Pico", 512, 112, 200, 320, 1.6e-3, 8e-4, 0.5, 8,
-           Published(1_539_539, 1_514_285, 5.152, 38.5, 2.13)),
+    _light(name="deimv2-atto", size=320, backbone="Atto", channels=256, hidden=64, queries=100, ff=160, lr=2e-3,
+           backbone_lr=1e-3, mosaic_prob=0.3, min_box=12,
+           published=Published(params_train=508_985, params_deploy=494_159, gflops=0.763, coco_ap=23.8,
+                               t4_trt_fp16_ms=1.10)),
+    _light(name="deimv2-femto", size=416, backbone="Femto", channels=512, hidden=96, queries=150, ff=256, lr=1.6e-3,
+           backbone_lr=8e-4, mosaic_prob=0.5, min_box=10,
+           published=Published(params_train=983_945, params_deploy=962_311, gflops=1.671, coco_ap=31.0,
+                               t4_trt_fp16_ms=1.45)),
+    _light(name="deimv2-pico", size=640, backbone="Pico", channels=512, hidden=112, queries=200, ff=320, lr=1.6e-3,
+           backbone_lr=8e-4, mosaic_prob=0.5, min_box=8,
+           published=Published(params_train=1_539_539, params_deploy=1_514_285, gflops=5.152, coco_ap=38.5,
+                               t4_trt_fp16_ms=2.13)),
     Variant(
         name="deimv2-n",
         input_size=640,
         mean=None,
         std=None,
-        backbone=BackboneSpec("B0", (2, 3)),
-        encoder=EncoderSpec("hybrid", (512, 1024), (16, 32), 128, 0.34, 0.5, 512, "dfine"),
-        decoder=DecoderSpec(128, (16, 32), 3, 300, (6, 6), 512, use_gateway=True, share_bbox_head=False),
+        backbone=BackboneSpec(name="B0", taps=(2, 3)),
+        encoder=EncoderSpec(kind="hybrid", in_channels=(512, 1024), in_strides=(16, 32), hidden_dim=128,
+                            expansion=0.34, depth_mult=0.5, dim_feedforward=512, version="dfine"),
+        decoder=DecoderSpec(hidden_dim=128, feat_strides=(16, 32), num_layers=3, num_queries=300, num_points=(6, 6),
+                            dim_feedforward=512, use_gateway=True, share_bbox_head=False),
         recipe=TrainRecipe(
             epochs=160, lr=8e-4, backbone_lr=4e-4, weight_decay=1e-4, total_batch_size=32, warmup_iters=2000,
             flat_epoch=7800, no_aug_epoch=12, lr_gamma=1.0, aug_policy_epochs=(4, 78, 148), mosaic_prob=0.5,
@@ -215,20 +247,33 @@ _ALL = (
             copyblend_epochs=(4, 78), stop_epoch=148, base_size_repeat=None, min_box_size=1,
             matcher_change_epoch=136, use_fgl_ddf=True,
         ),
-        published=Published(3_600_421, 3_571_527, 6.865, 43.0, 2.32),
+        published=Published(params_train=3_600_421, params_deploy=3_571_527, gflops=6.865, coco_ap=43.0,
+                            t4_trt_fp16_ms=2.32),
     ),
-    _vit("deimv2-s", "vit_tiny", (3, 7, 11), 16, 192, 0.34, 0.67, 512, 4, 512,
-         _vit_recipe(132, 2.5e-5, 1e-4, 64, 12, (4, 64, 120), 64, 120, 20, 100),
-         Published(9_779_838, 9_707_403, 25.624, 50.9, 5.78)),
-    _vit("deimv2-m", "vit_tinyplus", (3, 7, 11), 16, 256, 0.67, 1.0, 512, 4, 512,
-         _vit_recipe(102, 2.5e-5, 1e-4, 49, 12, (4, 49, 90), 49, 90, 6, 80),
-         Published(18_357_750, 18_106_355, 52.202, 53.0, 8.80)),
-    _vit("deimv2-l", "dinov3_vits16", (5, 8, 11), 32, 224, 1.0, 1.0, 896, 4, 1792,
-         _vit_recipe(68, 1.25e-5, 1.25e-4, 34, 8, (4, 34, 60), 34, 60, 3, 50),
-         Published(32_551_214, 32_178_043, 96.737, 56.0, 10.47)),
-    _vit("deimv2-x", "dinov3_vits16plus", (5, 8, 11), 64, 256, 1.25, 1.37, 1024, 6, 2048,
-         _vit_recipe(58, 1e-5, 1.25e-4, 29, 8, (4, 29, 50), 29, 50, 3, 45),
-         Published(51_211_736, 50_260_163, 151.631, 57.8, 13.75)),
+    _vit(name="deimv2-s", backbone="vit_tiny", taps=(3, 7, 11), sta=16, hidden=192, expansion=0.34, depth_mult=0.67,
+         enc_ff=512, layers=4, dec_ff=512,
+         recipe=_vit_recipe(epochs=132, backbone_lr=2.5e-5, weight_decay=1e-4, flat=64, no_aug=12, policy=(4, 64, 120),
+                            mixup_end=64, stop=120, repeat=20, change=100),
+         published=Published(params_train=9_779_838, params_deploy=9_707_403, gflops=25.624, coco_ap=50.9,
+                             t4_trt_fp16_ms=5.78)),
+    _vit(name="deimv2-m", backbone="vit_tinyplus", taps=(3, 7, 11), sta=16, hidden=256, expansion=0.67,
+         depth_mult=1.0, enc_ff=512, layers=4, dec_ff=512,
+         recipe=_vit_recipe(epochs=102, backbone_lr=2.5e-5, weight_decay=1e-4, flat=49, no_aug=12, policy=(4, 49, 90),
+                            mixup_end=49, stop=90, repeat=6, change=80),
+         published=Published(params_train=18_357_750, params_deploy=18_106_355, gflops=52.202, coco_ap=53.0,
+                             t4_trt_fp16_ms=8.80)),
+    _vit(name="deimv2-l", backbone="dinov3_vits16", taps=(5, 8, 11), sta=32, hidden=224, expansion=1.0,
+         depth_mult=1.0, enc_ff=896, layers=4, dec_ff=1792,
+         recipe=_vit_recipe(epochs=68, backbone_lr=1.25e-5, weight_decay=1.25e-4, flat=34, no_aug=8,
+                            policy=(4, 34, 60), mixup_end=34, stop=60, repeat=3, change=50),
+         published=Published(params_train=32_551_214, params_deploy=32_178_043, gflops=96.737, coco_ap=56.0,
+                             t4_trt_fp16_ms=10.47)),
+    _vit(name="deimv2-x", backbone="dinov3_vits16plus", taps=(5, 8, 11), sta=64, hidden=256, expansion=1.25,
+         depth_mult=1.37, enc_ff=1024, layers=6, dec_ff=2048,
+         recipe=_vit_recipe(epochs=58, backbone_lr=1e-5, weight_decay=1.25e-4, flat=29, no_aug=8, policy=(4, 29, 50),
+                            mixup_end=29, stop=50, repeat=3, change=45),
+         published=Published(params_train=51_211_736, params_deploy=50_260_163, gflops=151.631, coco_ap=57.8,
+                             t4_trt_fp16_ms=13.75)),
 )
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}

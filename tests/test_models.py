@@ -13,7 +13,7 @@ import torch
 from conftest import DATA, listing, read_listing
 from parity_weights import fill_parity_weights, parity_input
 
-from deim_edge import VARIANTS, CheckpointError, InputSizeError, UnknownVariantError, get_variant
+from deim_edge import VARIANTS, CheckpointError, DeimEdgeError, InputSizeError, UnknownVariantError, get_variant
 from deim_edge.models import (build_model, flops, load_checkpoint, load_pretrained_backbone, read_state_dict,
                                save_checkpoint)
 
@@ -141,6 +141,23 @@ def test_size_not_a_multiple_of_32_is_a_clear_error(size):
         build_model("deimv2-atto", input_size=size)
 
 
+@pytest.mark.parametrize("name,size,smallest", [("deimv2-atto", 128, 160), ("deimv2-pico", 96, 224),
+                                                ("deimv2-s", 96, 128)])
+def test_size_too_small_for_the_queries_is_a_clear_error(name, size, smallest):
+    with pytest.raises(InputSizeError, match=f"too small.*at least {smallest}x{smallest}"):
+        build_model(name, input_size=size)
+    build_model(name, input_size=smallest)
+    with pytest.raises(InputSizeError, match="too small"):
+        build_model(name).eval()(torch.rand(1, 3, size, size))
+
+
+def test_a_deployed_model_refuses_to_train():
+    model = build_model("deimv2-atto").deploy()
+    with pytest.raises(DeimEdgeError, match="build or load a fresh model"):
+        model.train()
+    assert model.deploy() is model  # deploying twice is harmless
+
+
 def test_forward_on_an_odd_image_is_a_clear_error():
     model = build_model("deimv2-atto").eval()
     with pytest.raises(InputSizeError, match=r"multiples of 32 \(e\.g\. 320x352\)"):
@@ -215,8 +232,9 @@ def test_corrupt_and_missing_files_are_checkpoint_errors(tmp_path: Path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "absent.pth", "deimv2-atto")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint") as err:
         read_state_dict(tmp_path / "text.pth")
+    assert "trusted" not in str(err.value)  # never advise unpickling a file that is no checkpoint
 
 
 def test_untrusted_pickles_need_consent(tmp_path: Path):
@@ -239,6 +257,9 @@ def test_save_checkpoint_is_official_format_and_atomic(tmp_path: Path):
     ckpt = torch.load(path, weights_only=True)
     assert set(ckpt) == {"model", "ema", "epoch"} and ckpt["ema"]["updates"] == 7
     assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temporary file left
+    probe = tmp_path / "probe"
+    probe.touch()
+    assert path.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777  # the usual permissions
 
 
 def test_importing_the_package_does_not_import_torch():

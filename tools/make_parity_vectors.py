@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deim_edge.fileio import atomic_path
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "parity"
 # (variant, input size): every variant at its eval size, the large ones reduced, and two other sizes.
@@ -36,11 +38,11 @@ def run_case(checkout: str, variant: str, size: int) -> None:
     with torch.no_grad():
         out = model(x)
         deployed = model.deploy()(x)
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        OUT / f"{variant}_{size}.npz", seed=SEED, size=size,
-        pred_logits=out["pred_logits"].numpy(), pred_boxes=out["pred_boxes"].numpy(),
-        deploy_logits=deployed["pred_logits"].numpy(), deploy_boxes=deployed["pred_boxes"].numpy())
+    with atomic_path(OUT / f"{variant}_{size}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f, seed=SEED, size=size,
+            pred_logits=out["pred_logits"].numpy(), pred_boxes=out["pred_boxes"].numpy(),
+            deploy_logits=deployed["pred_logits"].numpy(), deploy_boxes=deployed["pred_boxes"].numpy())
     print(f"{variant} @ {size}: logits {tuple(out['pred_logits'].shape)}", flush=True)
 
 

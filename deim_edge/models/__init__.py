@@ -6,11 +6,12 @@ except ImportError as e:
     from ..errors import MissingDependencyError
 
     raise MissingDependencyError(
-        "deim_edge.models needs PyTorch: pip install -c constraints.txt 'deim-edge[torch]'") from e
+        "deim_edge.models needs PyTorch: pip install 'deim-edge[torch]' (pin torch==2.13.0 in a constraints "
+        "file to get the CPU build, as the README shows)") from e
 
 from .checkpoint import load_checkpoint, load_pretrained_backbone, read_state_dict, save_checkpoint
 from .deimv2 import DEIMv2, build_model
-from .flops import flops
+from .flops import flops, num_params
 
-__all__ = ["DEIMv2", "build_model", "flops", "load_checkpoint", "load_pretrained_backbone", "read_state_dict",
+__all__ = ["DEIMv2", "build_model", "flops", "num_params", "load_checkpoint", "load_pretrained_backbone", "read_state_dict",
            "save_checkpoint"]

@@ -62,13 +62,24 @@ def _load_file(path: str | os.PathLike, trusted: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
-        if trusted:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-        raise CheckpointError(
-            f"{path} holds Python objects beyond tensors; if you trust its source, load it with "
-            f"trusted=True ({str(e).splitlines()[0]})") from e
+        if not trusted and _looks_like_torch_save(path) and "weights only load failed" in str(e).lower():
+            raise CheckpointError(
+                f"{path} holds Python objects beyond tensors; if you trust its source, load it with "
+                f"trusted=True (torch: {_first_line_after(str(e), 'WeightsUnpickler error:')})") from e
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (expected a file written by torch.save)") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """A torch.save zip archive or a legacy pickle (protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as f:
+        return zipfile.is_zipfile(f) or f.read(1) == b"\x80"
+
+
+def _first_line_after(text: str, marker: str) -> str:
+    tail = text.split(marker, 1)[-1].strip()
+    return tail.splitlines()[0] if tail else text.splitlines()[0]
 
 
 def guess_variant(state: Mapping[str, Tensor]) -> Variant | None:
@@ -131,12 +142,14 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, Any], variant: str 
         num_classes = state[SCORE_HEAD].shape[0] if SCORE_HEAD in state else variant.num_classes
     model = build_model(variant, num_classes=num_classes, input_size=input_size)
     problems = _disagreements(model, state)
-    if any(problems):
+    if any(problems):  # a deploy-mode state dict? then it loads into a deployed model
         deployed = build_model(variant, num_classes=num_classes, input_size=input_size).deploy()
-        if not any(_disagreements(deployed, state)):
+        deployed_problems = _disagreements(deployed, state)
+        if not any(deployed_problems):
             model = deployed
         else:
-            raise CheckpointError(_report(variant, state, *problems))
+            closest = min(problems, deployed_problems, key=lambda p: sum(map(len, p)))
+            raise CheckpointError(_report(variant, state, *closest))
     own = model.state_dict()
     state = {k: (own[k] if k in SIZE_DEPENDENT else v) for k, v in state.items()}
     model.load_state_dict(state, strict=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputSizeError
+from ..errors import ConfigError, DeimEdgeError, InputSizeError
 from ..variants import Variant, get_variant
 from .decoder import DEIMv2Decoder
 from .hgnetv2 import HGNETV2_CONFIGS, HGNetv2
@@ -16,12 +16,24 @@ from .sta import ViTAdapterBackbone
 STRIDE = 32  # every variant's coarsest feature map
 
 
-def check_input_size(height: int, width: int) -> None:
-    """Raise InputSizeError unless both sides are positive multiples of 32."""
+def check_input_size(variant: Variant, height: int, width: int) -> None:
+    """Raise InputSizeError unless both sides are multiples of 32 and the feature maps hold at
+    least as many positions as the decoder selects queries."""
     if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
         raise InputSizeError(
             f"input size {height}x{width} is not a multiple of {STRIDE}; DEIMv2 needs both sides to be "
             f"multiples of {STRIDE} (e.g. {_nearest(height)}x{_nearest(width)})")
+    queries = variant.decoder.num_queries
+    if _positions(variant, height, width) < queries:
+        side = next(n for n in range(STRIDE, 100 * STRIDE, STRIDE) if _positions(variant, n, n) >= queries)
+        raise InputSizeError(
+            f"input size {height}x{width} is too small for {variant.name}: its feature maps hold "
+            f"{_positions(variant, height, width)} positions and the decoder selects {queries} queries; "
+            f"use at least {side}x{side}")
+
+
+def _positions(variant: Variant, height: int, width: int) -> int:
+    return sum((height // s) * (width // s) for s in variant.decoder.feat_strides)
 
 
 def _nearest(n: int) -> int:
@@ -35,29 +47,41 @@ class DEIMv2(nn.Module):
     per-layer, encoder and denoising predictions a DEIM criterion needs.
     """
 
-    def __init__(self, variant: Variant, backbone: nn.Module, encoder: nn.Module, decoder: DEIMv2Decoder,
-                 input_size: tuple[int, int]) -> None:
+    def __init__(self, variant: Variant, backbone: nn.Module, encoder: nn.Module, decoder: DEIMv2Decoder) -> None:
         super().__init__()
         self.variant = variant
-        self.input_size = input_size
+        self.deployed = False
         self.backbone = backbone
         self.decoder = decoder  # registered before the encoder: the official state-dict order
         self.encoder = encoder
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The (height, width) the kept anchors are for; other multiples of 32 run too."""
+        return tuple(self.decoder.eval_spatial_size)
+
     def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None) -> dict:
-        check_input_size(images.shape[-2], images.shape[-1])
+        check_input_size(self.variant, images.shape[-2], images.shape[-1])
         return self.decoder(self.encoder(self.backbone(images)), targets)
 
     def set_input_size(self, input_size: int | tuple[int, int]) -> None:
         """Rebuild the size-dependent buffers (decoder anchors and valid mask) for another size."""
         size = _pair(input_size)
-        check_input_size(*size)
-        self.input_size = size
+        check_input_size(self.variant, *size)
         self.decoder.set_input_size(size)
+
+    def train(self, mode: bool = True) -> "DEIMv2":
+        if mode and self.deployed:
+            raise DeimEdgeError("this model was deployed (training heads dropped, convs fused) and cannot train; "
+                                "build or load a fresh model to train")
+        return super().train(mode)
 
     def deploy(self) -> "DEIMv2":
         """Switch to eval and apply the official deploy step (drop training heads, fuse convs)."""
-        return deploy(self)
+        if not self.deployed:
+            deploy(self)
+            self.deployed = True
+        return self
 
 
 @torch.no_grad()
@@ -86,11 +110,11 @@ def build_encoder(variant: Variant) -> nn.Module:
     spec = variant.encoder
     if spec.kind == "lite":
         return LiteEncoder(spec.in_channels, spec.in_strides, spec.hidden_dim, spec.expansion, spec.depth_mult,
-                           act=variant.decoder.activation)
+                           act=spec.activation)
     return HybridEncoder(
         in_channels=spec.in_channels, feat_strides=spec.in_strides, hidden_dim=spec.hidden_dim,
         dim_feedforward=spec.dim_feedforward, use_encoder_idx=[len(spec.in_channels) - 1],
-        expansion=spec.expansion, depth_mult=spec.depth_mult, act=variant.decoder.activation,
+        expansion=spec.expansion, depth_mult=spec.depth_mult, act=spec.activation,
         version=spec.version)
 
 
@@ -107,17 +131,18 @@ def build_decoder(variant: Variant, num_classes: int, input_size: tuple[int, int
         use_gateway=spec.use_gateway, share_bbox_head=spec.share_bbox_head)
 
 
-def build_model(variant: str | Variant, num_classes: int = 80,
+def build_model(variant: str | Variant, num_classes: int | None = None,
                 input_size: int | tuple[int, int] | None = None) -> DEIMv2:
     """A DEIMv2 model of `variant` (e.g. 'deimv2-pico') in train mode with fresh weights.
 
-    input_size (int or (h, w), multiples of 32) defaults to the variant's eval size; it sets the
-    anchors kept for eval, and any other multiple of 32 still runs.
+    num_classes defaults to the variant's (80, COCO). input_size (int or (h, w), multiples of 32)
+    defaults to the variant's eval size; it sets the anchors kept for eval, and any other valid
+    size still runs.
     """
     variant = get_variant(variant)
+    num_classes = variant.num_classes if num_classes is None else num_classes
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
     size = _pair(input_size if input_size is not None else variant.input_size)
-    check_input_size(*size)
-    return DEIMv2(variant, build_backbone(variant), build_encoder(variant),
-                  build_decoder(variant, num_classes, size), size)
+    check_input_size(variant, *size)
+    return DEIMv2(variant, build_backbone(variant), build_encoder(variant), build_decoder(variant, num_classes, size))

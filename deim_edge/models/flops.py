@@ -1,10 +1,12 @@
-"""FLOPs of a model's forward pass, one multiply-add counted as two FLOPs."""
+"""Model size: FLOPs of a forward pass (one multiply-add counted as two) and parameter count."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import ConfigError
 
 
 @torch.no_grad()
@@ -13,7 +15,7 @@ def flops(model: nn.Module, input_size: int | tuple[int, int] | None = None, bat
     if input_size is None:
         input_size = getattr(model, "input_size", None)
         if input_size is None:
-            raise ValueError("pass input_size: the model does not record one")
+            raise ConfigError("pass input_size: the model does not record one")
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     param = next(model.parameters())
     x = torch.zeros(batch, 3, h, w, dtype=param.dtype, device=param.device)
@@ -25,3 +27,8 @@ def flops(model: nn.Module, input_size: int | tuple[int, int] | None = None, bat
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def num_params(model: nn.Module) -> int:
+    """Parameters of `model`, each shared tensor counted once (the official convention)."""
+    return sum(p.numel() for p in model.parameters())
