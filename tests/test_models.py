@@ -272,7 +272,7 @@ def test_pretrained_backbones_load_from_local_files(tmp_path: Path):
     torch.save(b0, tmp_path / "PPHGNetV2_B0_stage1.pth")
     atto = build_model("deimv2-atto")
     report = load_pretrained_backbone(atto, tmp_path / "PPHGNetV2_B0_stage1.pth")
-    assert report["loaded"] and all(k.startswith("stages.2") for k in report["skipped_shape"])
+    assert report.loaded and all(k.startswith("stages.2") for k in report.skipped_shape)
     torch.testing.assert_close(atto.backbone.stem.stem1.conv.weight, b0["stem.stem1.conv.weight"])
 
     vit = build_model("deimv2-l").backbone.dinov3.state_dict()  # Meta's DINOv3 ViT-S/16 key layout

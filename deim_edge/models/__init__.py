@@ -9,9 +9,10 @@ except ImportError as e:
         "deim_edge.models needs PyTorch: pip install 'deim-edge[torch]' (pin torch==2.13.0 in a constraints "
         "file to get the CPU build, as the README shows)") from e
 
-from .checkpoint import load_checkpoint, load_pretrained_backbone, read_state_dict, save_checkpoint
+from .checkpoint import load_checkpoint, read_state_dict, save_checkpoint
 from .deimv2 import DEIMv2, build_model
 from .flops import flops, num_params
+from .pretrained import PretrainedReport, load_pretrained_backbone
 
-__all__ = ["DEIMv2", "build_model", "flops", "num_params", "load_checkpoint", "load_pretrained_backbone", "read_state_dict",
+__all__ = ["DEIMv2", "PretrainedReport", "build_model", "flops", "num_params", "load_checkpoint", "load_pretrained_backbone", "read_state_dict",
            "save_checkpoint"]

@@ -50,19 +50,20 @@ def _conv_like(conv: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
 
 
 class ConvBN(nn.Module):
-    """Conv2d (no bias) followed by BatchNorm; 'same' padding; never fused on its own."""
+    """Conv2d (no bias, 'same' padding) followed by BatchNorm; kept unfused at deploy."""
 
-    def __init__(self, ch_in: int, ch_out: int, kernel_size: int = 1, stride: int = 1) -> None:
+    def __init__(self, ch_in: int, ch_out: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, (kernel_size - 1) // 2, bias=False)
+        padding = (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding, groups=groups, bias=False)
         self.norm = nn.BatchNorm2d(ch_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.conv(x))
 
 
-class ConvNormLayer(nn.Module):
-    """Conv2d (no bias) + BatchNorm + activation; deploy folds the BN into `conv_bn_fused`."""
+class ConvNormLayer(ConvBN):
+    """ConvBN + activation; deploy folds the BN into `conv_bn_fused`."""
 
     def __init__(
         self,
@@ -73,17 +74,14 @@ class ConvNormLayer(nn.Module):
         groups: int = 1,
         act: str | None = None,
     ) -> None:
-        super().__init__()
-        padding = (kernel_size - 1) // 2
-        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding, groups=groups, bias=False)
-        self.norm = nn.BatchNorm2d(ch_out)
+        super().__init__(ch_in, ch_out, kernel_size, stride, groups)
         self.act = get_activation(act)
         self.conv_bn_fused: nn.Conv2d | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv_bn_fused is not None:
             return self.act(self.conv_bn_fused(x))
-        return self.act(self.norm(self.conv(x)))
+        return self.act(super().forward(x))
 
     def convert_to_deploy(self) -> None:
         """Replace conv + norm by one biased conv (call in eval mode)."""

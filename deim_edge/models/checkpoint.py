@@ -16,8 +16,6 @@ from ..errors import CheckpointError
 from ..fileio import atomic_path
 from ..variants import VARIANTS, Variant, get_variant
 from .deimv2 import DEIMv2, build_model
-from .hgnetv2 import HGNetv2, load_pretrained_hgnetv2
-from .sta import load_pretrained_vit
 
 # Buffers that depend on the input size: regenerated for the requested size, never copied.
 SIZE_DEPENDENT = ("decoder.anchors", "decoder.valid_mask")
@@ -67,7 +65,7 @@ def _load_file(path: str | os.PathLike, trusted: bool) -> Any:
                 f"{path} holds Python objects beyond tensors; if you trust its source, load it with "
                 f"trusted=True (torch: {_first_line_after(str(e), 'WeightsUnpickler error:')})") from e
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (expected a file written by torch.save)") from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, IndexError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
 
 
@@ -166,10 +164,3 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module | 
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     return Path(path)
-
-
-def load_pretrained_backbone(model: DEIMv2, path: str | os.PathLike) -> dict[str, list[str]]:
-    """Load ImageNet HGNetv2 or Meta DINOv3 / distilled ViT-Tiny weights into the backbone."""
-    if isinstance(model.backbone, HGNetv2):
-        return load_pretrained_hgnetv2(model.backbone, path)
-    return load_pretrained_vit(model.backbone, path)

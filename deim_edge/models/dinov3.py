@@ -7,7 +7,7 @@ The RoPE, attention, FFN and block layers here are shared with the ViT-Tiny in `
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,7 @@ class RopePositionEmbedding(nn.Module):
         embed_dim: int,
         num_heads: int,
         base: float = 100.0,
-        rescale_coords: Optional[float] = None,
-        dtype: torch.dtype = torch.float32,
+        rescale_coords: float | None = None,
     ) -> None:
         super().__init__()
         if embed_dim % (4 * num_heads) != 0:
@@ -46,17 +45,16 @@ class RopePositionEmbedding(nn.Module):
         self.base = base
         self.d_head = embed_dim // num_heads
         self.rescale_coords = rescale_coords
-        self.dtype = dtype
-        self.register_buffer("periods", torch.empty(self.d_head // 4, dtype=dtype), persistent=True)
+        self.register_buffer("periods", torch.empty(self.d_head // 4), persistent=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """periods[i] = base ** (2i / (D_head / 2)), i < D_head / 4 (same float ops as Meta)."""
-        exponents = 2 * torch.arange(self.d_head // 4, device=self.periods.device, dtype=self.dtype)
+        exponents = 2 * torch.arange(self.d_head // 4, device=self.periods.device, dtype=torch.float32)
         self.periods.data = self.base ** (exponents / (self.d_head // 2))
 
     def forward(self, H: int, W: int) -> tuple[Tensor, Tensor]:
-        dd = {"device": self.periods.device, "dtype": self.dtype}
+        dd = {"device": self.periods.device, "dtype": torch.float32}
         coords_h = torch.arange(0.5, H, **dd) / H  # [H]
         coords_w = torch.arange(0.5, W, **dd) / W  # [W]
         coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)  # [HW, 2]
@@ -109,7 +107,7 @@ class SelfAttention(nn.Module):
         self.qkv = (LinearKMaskedBias if mask_k_bias else nn.Linear)(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, heads, N, D]
@@ -182,7 +180,7 @@ class SelfAttentionBlock(nn.Module):
         ffn_ratio: float = 4.0,
         ffn_layer: str = "mlp",
         norm_eps: float = 1e-5,
-        layerscale_init: Optional[float] = None,
+        layerscale_init: float | None = None,
         mask_k_bias: bool = False,
     ) -> None:
         super().__init__()
@@ -193,7 +191,7 @@ class SelfAttentionBlock(nn.Module):
         self.mlp = FFN_LAYERS[ffn_layer](dim, int(dim * ffn_ratio))
         self.ls2 = LayerScale(dim, layerscale_init) if layerscale_init else nn.Identity()
 
-    def forward(self, x: Tensor, rope: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), rope))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -213,7 +211,7 @@ class DinoVisionTransformer(nn.Module):
     """DINOv3 ViT: patch tokens after 1 class + `n_storage_tokens` register tokens, RoPE,
     LayerScale blocks and a final LayerNorm.
 
-    forward(x [B, 3, H, W], layers) -> [B, H/16 * W/16, C] final-normed patch tokens of each
+    forward(x [B, 3, H, W], layers) -> [B, H/p * W/p, C] final-normed patch tokens of each
     requested block (Meta's `get_intermediate_layers(x, n=layers, norm=True)`).
     """
 
@@ -229,7 +227,7 @@ class DinoVisionTransformer(nn.Module):
         layerscale_init: float = 1e-5,
         norm_eps: float = 1e-5,
         rope_base: float = 100.0,
-        rope_rescale_coords: Optional[float] = 2.0,
+        rope_rescale_coords: float | None = 2.0,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -238,7 +236,9 @@ class DinoVisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.storage_tokens = nn.Parameter(torch.zeros(1, n_storage_tokens, embed_dim))
-        self.rope_embed = RopePositionEmbedding(embed_dim, num_heads, base=rope_base, rescale_coords=rope_rescale_coords)
+        self.rope_embed = RopePositionEmbedding(
+            embed_dim, num_heads, base=rope_base, rescale_coords=rope_rescale_coords
+        )
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(
                 embed_dim, num_heads, ffn_ratio, ffn_layer, norm_eps, layerscale_init, mask_k_bias=True

@@ -6,17 +6,14 @@ Module names reproduce the official state-dict keys (`stem.stem1.conv.weight`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deim_edge.errors import CheckpointError
-
-__all__ = ["HGNETV2_CONFIGS", "HGNetv2", "StageConfig", "load_pretrained_hgnetv2"]
+__all__ = ["HGNETV2_CONFIGS", "HGNetv2", "StageConfig"]
 
 
 class StageConfig(NamedTuple):
@@ -245,7 +242,7 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 
 
 class HGNetv2(nn.Module):
-    """HGNetv2 backbone returning the feature maps of the stages in return_idx.
+    """HGNetv2 backbone returning the feature maps of the stages in return_idx (increasing).
 
     freeze_at >= 0 freezes the stem's parameters, and with freeze_stem_only=False also those of
     stages 0..freeze_at; freeze_norm swaps every BatchNorm2d for a FrozenBatchNorm2d. All DEIMv2
@@ -265,12 +262,15 @@ class HGNetv2(nn.Module):
         if name not in HGNETV2_CONFIGS:
             raise ValueError(f"unknown HGNetv2 config {name!r}; valid names: {sorted(HGNETV2_CONFIGS)}")
         cfg = HGNETV2_CONFIGS[name]
+        self.name = name
         stage_cfgs: Sequence[StageConfig] = cfg["stages"]
-        if not return_idx or any(not 0 <= i < len(stage_cfgs) for i in return_idx):
+        return_idx = list(return_idx)
+        increasing = all(a < b for a, b in zip(return_idx, return_idx[1:]))
+        if not return_idx or not increasing or not 0 <= return_idx[0] <= return_idx[-1] < len(stage_cfgs):
             raise ValueError(
-                f"return_idx must be non-empty stage indices in 0..{len(stage_cfgs) - 1}, got {list(return_idx)}"
+                f"return_idx must be increasing stage indices in 0..{len(stage_cfgs) - 1}, got {return_idx}"
             )
-        self.return_idx = sorted(set(return_idx))
+        self.return_idx = return_idx
 
         self.stem = StemBlock(*cfg["stem"], use_lab=use_lab)
         self.stages = nn.ModuleList([HGStage(s, use_lab=use_lab) for s in stage_cfgs])
@@ -298,56 +298,3 @@ class HGNetv2(nn.Module):
             if i in self.return_idx:
                 outs.append(x)
         return outs
-
-
-def _unwrap_state_dict(obj: object) -> Mapping[str, torch.Tensor]:
-    """The tensor mapping inside a raw state dict or a {'model' | 'state_dict': ...} checkpoint."""
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a state dict, found {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def load_pretrained_hgnetv2(model: HGNetv2, path: str | Path) -> dict[str, list[str]]:
-    """Copy the tensors of a local HGNetv2 ImageNet checkpoint whose name and shape match model's.
-
-    The pruned Pico/Femto/Atto take the matching subset of the B0 weights (PPHGNetV2_B0_stage1.pth).
-    Returns {'loaded': names copied, 'skipped_shape': names present with another shape,
-    'missing': model names the checkpoint lacks}.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"HGNetv2 checkpoint {str(path)!r} not found; download PPHGNetV2_<name>_stage1.pth "
-            "(B0 for Pico/Femto/Atto) and pass its path"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read HGNetv2 checkpoint {str(path)!r}: {e}") from e
-    try:
-        state = _unwrap_state_dict(obj)
-    except CheckpointError as e:
-        raise CheckpointError(f"HGNetv2 checkpoint {str(path)!r}: {e}") from None
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
-
-    own = model.state_dict()
-    to_load, skipped_shape = {}, []
-    for key, value in state.items():
-        if key not in own:
-            continue
-        if value.shape == own[key].shape:
-            to_load[key] = value
-        else:
-            skipped_shape.append(key)
-    if not to_load:
-        raise CheckpointError(
-            f"{str(path)!r} holds no HGNetv2 weights that fit this model; is it an HGNetv2 checkpoint?"
-        )
-    model.load_state_dict(to_load, strict=False)
-    missing = [k for k in own if k not in state]
-    return {"loaded": list(to_load), "skipped_shape": skipped_shape, "missing": missing}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,7 +25,7 @@ class HybridEncoder(nn.Module):
     match), the levels in `use_encoder_idx` go through a transformer encoder with sin-cos
     positions, then a top-down FPN and a bottom-up PAN fuse the levels. `version` picks the
     fuse block: 'dfine' (RepNCSPELAN4, DEIMv2-N) or 'deim' (RepNCSPELAN5, DEIMv2-S to X).
-    `fuse_op` joins two levels by 'sum' (all DEIMv2 variants) or channel 'cat'.
+    Two levels are joined by summation.
     """
 
     def __init__(
@@ -44,23 +43,16 @@ class HybridEncoder(nn.Module):
         depth_mult: float = 1.0,
         act: str = "silu",
         version: str = "deim",
-        csp_type: str = "csp2",
-        fuse_op: str = "sum",
     ) -> None:
         super().__init__()
         if len(in_channels) != len(feat_strides):
             raise ValueError(f"in_channels {in_channels} and feat_strides {feat_strides} differ in length")
         if version not in ("dfine", "deim"):
             raise ValueError(f"unknown HybridEncoder version {version!r}; use 'dfine' or 'deim'")
-        if csp_type != "csp2":
-            raise ValueError(f"unsupported csp_type {csp_type!r}; DEIMv2 uses 'csp2'")
-        if fuse_op not in ("sum", "cat"):
-            raise ValueError(f"unknown fuse_op {fuse_op!r}; use 'sum' or 'cat'")
         self.in_channels = list(in_channels)
         self.hidden_dim = hidden_dim
         self.use_encoder_idx = list(use_encoder_idx)
         self.pe_temperature = pe_temperature
-        self.fuse_op = fuse_op
         self.out_channels = [hidden_dim] * len(in_channels)
         self.out_strides = list(feat_strides)
 
@@ -74,24 +66,20 @@ class HybridEncoder(nn.Module):
             ]
         )
 
-        fuse_in = hidden_dim if fuse_op == "sum" else hidden_dim * 2
         c4 = round(expansion * hidden_dim // 2)
         num_blocks = round(3 * depth_mult)
         block = RepNCSPELAN4 if version == "dfine" else RepNCSPELAN5
         num_joins = len(in_channels) - 1
         self.lateral_convs = nn.ModuleList([ConvNormLayer(hidden_dim, hidden_dim, 1) for _ in range(num_joins)])
         self.fpn_blocks = nn.ModuleList(
-            [block(fuse_in, hidden_dim, hidden_dim * 2, c4, num_blocks, act=act) for _ in range(num_joins)]
+            [block(hidden_dim, hidden_dim, hidden_dim * 2, c4, num_blocks, act=act) for _ in range(num_joins)]
         )
         self.downsample_convs = nn.ModuleList(
             [nn.Sequential(SCDown(hidden_dim, hidden_dim, 3, 2)) for _ in range(num_joins)]
         )
         self.pan_blocks = nn.ModuleList(
-            [block(fuse_in, hidden_dim, hidden_dim * 2, c4, num_blocks, act=act) for _ in range(num_joins)]
+            [block(hidden_dim, hidden_dim, hidden_dim * 2, c4, num_blocks, act=act) for _ in range(num_joins)]
         )
-
-    def _join(self, a: Tensor, b: Tensor) -> Tensor:
-        return a + b if self.fuse_op == "sum" else torch.cat([a, b], dim=1)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """feats: [B, C_i, H_i, W_i] finest first -> [B, hidden_dim, H_i, W_i] per level."""
@@ -112,10 +100,10 @@ class HybridEncoder(nn.Module):
             coarse = lateral(inner[0])
             inner[0] = coarse
             up = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
-            inner.insert(0, self.fpn_blocks[i](self._join(up, proj[-2 - i])))
+            inner.insert(0, self.fpn_blocks[i](up + proj[-2 - i]))
 
         # bottom-up: finest to coarsest
         outs = [inner[0]]
         for i, down in enumerate(self.downsample_convs):
-            outs.append(self.pan_blocks[i](self._join(down(outs[-1]), inner[i + 1])))
+            outs.append(self.pan_blocks[i](down(outs[-1]) + inner[i + 1]))
         return outs

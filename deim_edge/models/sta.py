@@ -1,22 +1,21 @@
-"""DEIMv2 S-X backbone: a ViT (1/16 tokens) fused with the spatial tuning adapter (STA).
+"""DEIMv2 S-X backbone: a ViT (patch tokens, 1/16) fused with the spatial tuning adapter (STA).
 
 The ViT tokens of three blocks are resized bilinearly to 1/8, 1/16 and 1/32, concatenated with
 the STA's detail maps at the same strides, then projected by 1x1 conv + BN to `hidden_dim`.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
 from .dinov3 import DinoVisionTransformer
 from .vit_tiny import VisionTransformer
 
-# Architecture of each ViT; embed_dim / num_heads may be overridden by the constructor.
+# Architecture of each ViT.
 VIT_CONFIGS: dict[str, dict[str, Any]] = {
     "vit_tiny": dict(embed_dim=192, num_heads=3, depth=12, mlp_ratio=4.0),  # DEIMv2 S
     "vit_tinyplus": dict(embed_dim=256, num_heads=4, depth=12, mlp_ratio=4.0),  # DEIMv2 M
@@ -69,8 +68,7 @@ class ViTAdapterBackbone(nn.Module):
     """ViT + STA backbone (reference: DINOv3STAs). forward(x [B, 3, H, W]) -> [c8, c16, c32],
     each [B, hidden_dim, H/s, W/s]; H and W must be multiples of 32.
 
-    vit: a key of VIT_CONFIGS; embed_dim / num_heads override the table (ViT-Tiny sizes);
-    interaction_indexes: the three blocks tapped for strides 8, 16, 32;
+    vit: a key of VIT_CONFIGS; interaction_indexes: the three blocks tapped for strides 8, 16, 32;
     hidden_dim defaults to the ViT width.
     """
 
@@ -81,20 +79,15 @@ class ViTAdapterBackbone(nn.Module):
         vit: str,
         interaction_indexes: Sequence[int],
         conv_inplane: int = 16,
-        hidden_dim: Optional[int] = None,
-        embed_dim: Optional[int] = None,
-        num_heads: Optional[int] = None,
+        hidden_dim: int | None = None,
     ) -> None:
         super().__init__()
         if vit not in VIT_CONFIGS:
             raise ValueError(f"unknown ViT {vit!r}; expected one of {sorted(VIT_CONFIGS)}")
         if len(interaction_indexes) != 3 or list(interaction_indexes) != sorted(set(interaction_indexes)):
             raise ValueError(f"interaction_indexes must be 3 increasing block indexes, got {interaction_indexes}")
-        cfg = dict(VIT_CONFIGS[vit])
-        if embed_dim is not None:
-            cfg["embed_dim"] = embed_dim
-        if num_heads is not None:
-            cfg["num_heads"] = num_heads
+        cfg = VIT_CONFIGS[vit]
+        self.name = vit
         vit_cls = DinoVisionTransformer if vit.startswith("dinov3") else VisionTransformer
         self.dinov3 = vit_cls(**cfg)
         self.interaction_indexes = list(interaction_indexes)
@@ -109,7 +102,7 @@ class ViTAdapterBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         B, _, H, W = x.shape
-        h, w = H // 16, W // 16  # ViT patch grid
+        h, w = H // self.dinov3.patch_size, W // self.dinov3.patch_size  # ViT patch grid
         tokens = self.dinov3(x, self.interaction_indexes)  # 3 x [B, h*w, C]
         details = self.sta(x)  # [B, 2c, H/8, W/8], [B, 4c, H/16, W/16], [B, 4c, H/32, W/32]
         outs = []
@@ -119,41 +112,3 @@ class ViTAdapterBackbone(nn.Module):
                 sem = F.interpolate(sem, size=detail.shape[-2:], mode="bilinear", align_corners=False)
             outs.append(norm(conv(torch.cat([sem, detail], dim=1))))
         return outs
-
-
-def load_pretrained_vit(backbone: ViTAdapterBackbone, path: str | os.PathLike) -> dict[str, Any]:
-    """Load a local ViT checkpoint into `backbone.dinov3` (strict).
-
-    Accepts Meta's DINOv3 state dicts (`dinov3_vits16[plus]_pretrain_lvd1689m-*.pth`) and DEIMv2's
-    distilled ViT-Tiny files (`vitt_distill.pt`, `vittplus_distill.pt`, loaded into `_model`).
-    Returns {"path", "target", "num_tensors"}; raises CheckpointError if the file is missing,
-    unreadable or does not match the architecture.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"ViT checkpoint not found: {path!r}; download it or fix the path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"cannot read ViT checkpoint {path!r} ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path!r} is not a plain state dict of tensors")
-
-    vit = backbone.dinov3
-    target, module = ("dinov3._model", vit._model) if isinstance(vit, VisionTransformer) else ("dinov3", vit)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong_shape:
-        def head(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        problems = [f"{name}: {head(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
-        raise CheckpointError(
-            f"{path!r} does not fit backbone.{target} ({type(vit).__name__}, width {vit.embed_dim}): "
-            + "; ".join(problems)
-        )
-    module.load_state_dict(state, strict=True)
-    return {"path": path, "target": target, "num_tensors": len(state)}

@@ -5,7 +5,7 @@ distilled checkpoints (`vitt_distill.pt`, `vittplus_distill.pt`) load into `_mod
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,7 @@ from .dinov3 import PatchEmbed, RopePositionEmbedding, SelfAttentionBlock, init_
 
 
 class VisionTransformer(nn.Module):
-    """forward(x [B, 3, H, W], layers) -> raw patch tokens [B, H/16 * W/16, C] of each requested block."""
+    """forward(x [B, 3, H, W], layers) -> raw patch tokens [B, H/p * W/p, C] of each requested block."""
 
     def __init__(
         self,
