@@ -60,7 +60,6 @@ class DecoderSpec:
     nhead: int = 8
     reg_max: int = 32
     reg_scale: float = 4.0
-    layer_scale: float = 1.0
     eval_idx: int = -1
     num_denoising: int = 100
     label_noise_ratio: float = 0.5

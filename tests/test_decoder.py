@@ -1,45 +1,32 @@
 """Tests of the DEIMv2 decoder, its box helpers, FDR math and denoising queries."""
-from pathlib import Path
+import copy
+import dataclasses
 
 import pytest
 import torch
+from conftest import listing, read_listing
+from parity_weights import fill_parity_weights
 
+from deim_edge import VARIANTS, get_variant
+from deim_edge.models import build_model
 from deim_edge.models.box_ops import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
                                       generalized_box_iou, inverse_sigmoid)
 from deim_edge.models.decoder import DEIMv2Decoder
+from deim_edge.models.deimv2 import build_decoder, deploy
 from deim_edge.models.denoising import make_denoising_group
 from deim_edge.models.fdr import bbox2distance, distance2bbox, integral, weighting_function
 
-DATA = Path(__file__).parent / "data" / "state_dicts"
-
-# hidden, queries, strides, points, layers, ffn, gateway/no shared head, eval size
-VARIANTS = {
-    "atto": (64, 100, (16, 32), (4, 2), 3, 160, False, 320),
-    "femto": (96, 150, (16, 32), (4, 2), 3, 256, False, 416),
-    "pico": (112, 200, (16, 32), (4, 2), 3, 320, False, 640),
-    "n": (128, 300, (16, 32), (6, 6), 3, 512, True, 640),
-    "s": (192, 300, (8, 16, 32), (3, 6, 3), 4, 512, True, 640),
-    "m": (256, 300, (8, 16, 32), (3, 6, 3), 4, 512, True, 640),
-    "l": (224, 300, (8, 16, 32), (3, 6, 3), 4, 1792, True, 640),
-    "x": (256, 300, (8, 16, 32), (3, 6, 3), 6, 2048, True, 640),
-}
+NAMES = list(VARIANTS)
+LOW_PRECISION = [torch.bfloat16, torch.float16, torch.float64]
+DTYPE_IDS = ["bf16", "fp16", "fp64"]
 
 
-def make_decoder(name: str, size: tuple[int, int] | None = None) -> DEIMv2Decoder:
-    hidden, queries, strides, points, layers, ffn, gateway, eval_size = VARIANTS[name]
-    return DEIMv2Decoder(num_classes=80, hidden_dim=hidden, num_queries=queries, feat_channels=[hidden] * len(strides),
-                         feat_strides=list(strides), num_levels=len(strides), num_points=list(points), nhead=8,
-                         num_layers=layers, dim_feedforward=ffn, eval_spatial_size=size or (eval_size, eval_size),
-                         use_gateway=gateway, share_bbox_head=not gateway)
-
-
-def perturb(module: torch.nn.Module, seed: int = 0) -> None:
-    """Move every float parameter off its (often zero) init so all paths matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.is_floating_point() and name != "up":
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
+def make_decoder(name: str, size: tuple[int, int] | None = None, **changes) -> DEIMv2Decoder:
+    """The decoder of a variant (with optional DecoderSpec changes) for inputs of `size`."""
+    variant = get_variant(name)
+    if changes:
+        variant = dataclasses.replace(variant, decoder=dataclasses.replace(variant.decoder, **changes))
+    return build_decoder(variant, 80, size or (variant.input_size, variant.input_size))
 
 
 def feats_for(decoder: DEIMv2Decoder, h: int, w: int, batch: int = 2, seed: int = 1) -> list[torch.Tensor]:
@@ -47,62 +34,94 @@ def feats_for(decoder: DEIMv2Decoder, h: int, w: int, batch: int = 2, seed: int 
     return [torch.randn(batch, decoder.hidden_dim, h // s, w // s, generator=g) for s in decoder.feat_strides]
 
 
-def listing(module: torch.nn.Module) -> list[tuple[str, str, str]]:
-    return [("decoder." + k, str(tuple(v.shape)), str(v.dtype).removeprefix("torch."))
-            for k, v in module.state_dict().items()]
+def run_or_skip(dtype: torch.dtype, fn):
+    """fn(), skipping the test where this CPU build lacks a half-precision kernel."""
+    try:
+        return fn()
+    except (RuntimeError, NotImplementedError) as err:
+        if dtype in (torch.float16, torch.bfloat16) and "not implemented for" in str(err):
+            pytest.skip(f"{dtype} is not supported on this CPU: {err}")
+        raise
 
 
-def tsv_rows(name: str, kind: str) -> list[tuple[str, str, str]]:
-    rows = [tuple(line.split("\t")) for line in (DATA / f"{name}_{kind}.tsv").read_text().splitlines()]
-    return [r for r in rows if r[0].startswith("decoder.")]
-
-
-def deploy(decoder: DEIMv2Decoder) -> None:
-    decoder.eval()
-    for m in list(decoder.modules()):
-        if hasattr(m, "convert_to_deploy"):
-            m.convert_to_deploy()
-
-
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", NAMES)
 def test_state_dict_matches_official_listing(name: str) -> None:
     decoder = make_decoder(name)
-    assert listing(decoder) == tsv_rows(name, "train")
-    deploy(decoder)
-    assert listing(decoder) == tsv_rows(name, "deploy")
+    for mode in ("train", "deploy"):
+        if mode == "deploy":
+            deploy(decoder)
+        expected = read_listing(name, mode, prefix="decoder.")
+        got = listing(decoder)
+        assert list(got) == list(expected), f"{name} {mode}: key order or names differ"
+        assert got == expected
 
 
-def test_shared_bbox_head_is_one_module() -> None:
+def test_layers_and_heads_start_as_copies() -> None:
+    """As in the official code: all decoder layers, all score heads and (unshared) box heads start equal."""
+    torch.manual_seed(0)
+    decoder = make_decoder("n")
+    for group in (decoder.decoder.layers, decoder.dec_score_head, decoder.dec_bbox_head):
+        first = group[0].state_dict()
+        for module in group[1:]:
+            assert module is not group[0]
+            assert all(torch.equal(first[k], v) for k, v in module.state_dict().items())
+            assert all(p is not q for p, q in zip(group[0].parameters(), module.parameters()))
+    lqe = [m.reg_conf.layers[0].weight for m in decoder.decoder.lqe_layers]
+    assert not torch.equal(lqe[0], lqe[1])  # the LQE heads start independent
+    for head in [decoder.enc_bbox_head, decoder.pre_bbox_head, *decoder.dec_bbox_head]:
+        assert not head.layers[-1].weight.any() and not head.layers[-1].bias.any()
+
     shared = make_decoder("atto").dec_bbox_head
     assert shared[0] is shared[1] is shared[2]
-    separate = make_decoder("n").dec_bbox_head
-    assert separate[0] is not separate[1]
 
 
-@pytest.mark.parametrize("name", ["atto", "s"])
-def test_eval_outputs_and_deploy_equivalence(name: str) -> None:
+def test_eval_idx_is_normalized_and_selects_the_layer() -> None:
+    assert make_decoder("n", eval_idx=-1).eval_idx == make_decoder("n", eval_idx=2).eval_idx == 2
+    with pytest.raises(ValueError, match="eval_idx"):
+        make_decoder("n", eval_idx=3)
     torch.manual_seed(0)
-    decoder = make_decoder(name)
-    perturb(decoder)
-    decoder.eval()
-    size = VARIANTS[name][-1]
-    feats = feats_for(decoder, size, size)
+    decoder = fill_parity_weights(make_decoder("n", size=(320, 320), eval_idx=1))
+    assert decoder.decoder.eval_idx == 1
+    feats = feats_for(decoder, 320, 320)
+    with torch.no_grad():
+        layer_1 = decoder.train()(feats)["aux_outputs"][1]  # no targets: no denoising queries
+        out = decoder.eval()(feats)
+        deploy(decoder)
+        assert len(decoder.decoder.layers) == 2
+        deployed = decoder(feats)
+    for key in out:
+        torch.testing.assert_close(out[key], layer_1[key])
+        assert (deployed[key] - out[key]).abs().max() <= 1e-5 * max(1.0, out[key].abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name", ["deimv2-atto", "deimv2-s"])
+def test_eval_outputs_and_deploy_equivalence(name: str, dtype: torch.dtype) -> None:
+    """Deploy only drops unused heads and fixes the bin table W(n) (computed in float64): exact in
+    float64, within float32 rounding of the outputs' scale in float32."""
+    decoder = fill_parity_weights(make_decoder(name)).eval().to(dtype)
+    size = get_variant(name).input_size
+    feats = [f.to(dtype) for f in feats_for(decoder, size, size)]
     with torch.no_grad():
         out = decoder(feats)
         assert set(out) == {"pred_logits", "pred_boxes"}
         assert out["pred_logits"].shape == (2, decoder.num_queries, 80)
         assert out["pred_boxes"].shape == (2, decoder.num_queries, 4)
         assert torch.isfinite(out["pred_boxes"]).all()
-        deploy(decoder)
-        deployed = decoder(feats)
+        deployed = deploy(decoder)(feats)
     for key in out:
-        assert (out[key] - deployed[key]).abs().max() <= 1e-5
+        scale = max(1.0, out[key].abs().max().item())
+        assert (deployed[key] - out[key]).abs().max() <= (1e-5 if dtype == torch.float32 else 1e-12) * scale
+
+
+def test_wrong_number_of_feature_maps_is_an_error() -> None:
+    decoder = make_decoder("deimv2-s").eval()
+    with pytest.raises(ValueError, match="expected 3 feature maps"):
+        decoder(feats_for(decoder, 320, 320)[1:])
 
 
 def test_anchors_rebuilt_for_another_size() -> None:
-    decoder = make_decoder("atto")
-    perturb(decoder)
-    decoder.eval()
+    decoder = fill_parity_weights(make_decoder("atto")).eval()
     assert decoder.anchors.shape == (1, 20 * 20 + 10 * 10, 4)
     feats = feats_for(decoder, 320, 480)
     with torch.no_grad():
@@ -134,6 +153,55 @@ def test_anchor_values() -> None:
     assert torch.isinf(large.anchors[0][border]).all() and torch.isfinite(large.anchors[0][~border]).all()
 
 
+def matched_errors(low: dict, ref: dict) -> tuple[float, float]:
+    """Largest logit and box errors of `low` vs `ref` after pairing each ref query with its closest low one.
+
+    Rounding may reorder queries whose encoder scores nearly tie; the pairing must stay one-to-one.
+    """
+    logit_err, box_err = 0.0, 0.0
+    for b in range(ref["pred_logits"].shape[0]):
+        dl = (low["pred_logits"][b].double()[:, None] - ref["pred_logits"][b].double()[None]).abs().amax(-1)
+        db = (low["pred_boxes"][b].double()[:, None] - ref["pred_boxes"][b].double()[None]).abs().amax(-1)
+        pick = (dl + 10 * db).argmin(0)  # [Q] low query for each ref query
+        assert len(set(pick.tolist())) == len(pick), "not the same queries"
+        cols = torch.arange(len(pick))
+        logit_err = max(logit_err, dl[pick, cols].max().item())
+        box_err = max(box_err, db[pick, cols].max().item())
+    return logit_err, box_err
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
+def test_other_dtypes_match_float32(dtype: torch.dtype) -> None:
+    """Eval in bf16 / fp16 / fp64, on the stored anchors and on generated ones, against fp32 on the same
+    (rounded) weights and inputs. Both sizes give exactly num_queries (100) positions, so every position
+    is selected whatever the rounding: only the queries' order may change."""
+    stored, other = (128, 160), (160, 128)
+    decoder = fill_parity_weights(make_decoder("atto", size=stored)).eval().to(dtype)
+    reference = copy.deepcopy(decoder).float()
+    tol = {torch.bfloat16: (0.6, 0.03), torch.float16: (0.1, 0.005), torch.float64: (1e-4, 1e-5)}[dtype]
+    for size in (stored, other):
+        feats = [f.to(dtype) for f in feats_for(decoder, *size)]
+        with torch.no_grad():
+            out = run_or_skip(dtype, lambda: decoder(feats))
+            expected = reference([f.float() for f in feats])
+        assert out["pred_logits"].dtype == out["pred_boxes"].dtype == dtype
+        logit_err, box_err = matched_errors(out, expected)
+        assert logit_err <= tol[0] and box_err <= tol[1], (size, logit_err, box_err)
+    decoder.set_input_size(other)  # rebuilt anchors keep the model's dtype
+    assert decoder.anchors.dtype == dtype
+    with torch.no_grad():
+        assert torch.equal(decoder(feats)["pred_boxes"], out["pred_boxes"])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
+def test_whole_model_runs_in_other_dtypes(dtype: torch.dtype) -> None:
+    model = build_model("deimv2-atto").eval().to(dtype)
+    for size in (320, 416):
+        with torch.no_grad():
+            out = run_or_skip(dtype, lambda: model(torch.rand(1, 3, size, size, dtype=dtype)))
+        assert out["pred_boxes"].dtype == dtype and torch.isfinite(out["pred_boxes"]).all()
+
+
 def make_targets(counts: tuple[int, ...], seed: int = 0) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [{"labels": torch.randint(0, 80, (n,), generator=g),
@@ -143,9 +211,7 @@ def make_targets(counts: tuple[int, ...], seed: int = 0) -> list[dict[str, torch
 
 def test_training_outputs_with_denoising() -> None:
     torch.manual_seed(0)
-    decoder = make_decoder("n")
-    perturb(decoder)
-    decoder.train()
+    decoder = fill_parity_weights(make_decoder("n")).train()
     feats = feats_for(decoder, 320, 320)
     out = decoder(feats, make_targets((3, 5)))
     bs, q, num_layers = 2, 300, 3
@@ -174,6 +240,17 @@ def test_training_outputs_with_denoising() -> None:
 
     plain = decoder(feats)  # no targets: no denoising
     assert "dn_outputs" not in plain and plain["pred_logits"].shape == (bs, q, 80)
+
+
+def test_training_in_bfloat16() -> None:
+    torch.manual_seed(0)
+    decoder = make_decoder("atto").train().to(torch.bfloat16)
+    feats = [f.to(torch.bfloat16) for f in feats_for(decoder, 256, 256)]
+    out = run_or_skip(torch.bfloat16, lambda: decoder(feats, make_targets((2, 4))))
+    for pred in (out, out["dn_outputs"][-1], out["enc_aux_outputs"][0]):
+        assert pred["pred_boxes"].dtype == torch.bfloat16 and torch.isfinite(pred["pred_boxes"]).all()
+    (out["pred_boxes"].float().sum() + out["dn_outputs"][-1]["pred_logits"].float().sum()).backward()
+    assert decoder.dec_bbox_head[0].layers[0].weight.grad.dtype == torch.bfloat16
 
 
 def test_denoising_group_mask() -> None:
@@ -209,15 +286,17 @@ def test_box_ops_known_values() -> None:
 def test_weighting_function_and_integral() -> None:
     up, reg_scale = torch.tensor([0.5]), torch.tensor([4])
     w = weighting_function(32, up, reg_scale)
-    assert w.shape == (33,) and w[16] == 0
+    assert w.shape == (33,) and w.dtype == torch.float32 and w[16] == 0
     assert torch.allclose(w[[0, -1]], torch.tensor([-4.0, 4.0]))
     assert torch.allclose(w, -w.flip(0)) and (w.diff() > 0).all()
-    hi_precision = weighting_function(32, up.double(), reg_scale.double()).float()
-    assert (w - hi_precision).abs().max() < 1e-6
+    hi_precision = weighting_function(32, up.double(), reg_scale)
+    assert hi_precision.dtype == torch.float64 and (w - hi_precision.float()).abs().max() < 1e-6
+    assert weighting_function(32, up.bfloat16(), reg_scale).dtype == torch.float32  # never below float32
     corners = torch.full((1, 4 * 33), -1e4)
     for edge, bin_ in enumerate([0, 10, 16, 32]):
         corners[0, edge * 33 + bin_] = 1e4
     assert torch.allclose(integral(corners, w), w[[0, 10, 16, 32]].unsqueeze(0))
+    assert integral(corners.bfloat16(), w).dtype == torch.bfloat16
 
 
 def test_fdr_round_trip() -> None:
@@ -232,6 +311,7 @@ def test_fdr_round_trip() -> None:
     recovered = (w[left] * weight_left + w[left + 1] * weight_right).reshape(50, 4)
     assert torch.allclose(recovered, offsets, atol=1e-4)
     assert torch.allclose(distance2bbox(points, recovered, reg_scale), boxes, atol=1e-5)
+    assert distance2bbox(points.bfloat16(), offsets.bfloat16(), reg_scale).dtype == torch.bfloat16
     # far outside the range: clamped to the end bins
     far = box_cxcywh_to_xyxy(points.clone()) + torch.tensor([-10.0, -10.0, 10.0, 10.0])
     index, weight_right, _ = bbox2distance(points, far, reg_max, reg_scale, up)

@@ -5,15 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
-
-
-def make_activation(name: str) -> nn.Module:
-    """Activation module by name ('silu', 'swish', 'relu', 'gelu')."""
-    try:
-        return _ACTIVATIONS[name.lower()]()
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; use one of {sorted(_ACTIVATIONS)}") from None
+from .blocks import get_activation
 
 
 def prior_prob_bias(prior_prob: float) -> float:
@@ -22,7 +14,7 @@ def prior_prob_bias(prior_prob: float) -> float:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last dim (computed in float32), with a learned scale."""
+    """Root-mean-square norm over the last dim (computed in at least float32), with a learned scale."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -30,19 +22,19 @@ class RMSNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.scale
 
 
 class MLP(nn.Module):
     """Stack of linear layers with an activation between them (none after the last)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, act: str = "relu") -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, act: str) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.act = make_activation(act)
+        self.act = get_activation(act)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers[:-1]:
@@ -114,9 +106,8 @@ class MSDeformableAttention(nn.Module):
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
 
-    def forward(self, query: Tensor, ref_boxes: Tensor, value: list[Tensor],
-                spatial_shapes: list[tuple[int, int]]) -> Tensor:
-        """query [B, Q, C]; ref_boxes [B, Q, 1, 4] cxcywh in [0, 1]; value per level [B, heads, C/heads, H*W]."""
+    def forward(self, query: Tensor, ref_boxes: Tensor, value: list[Tensor]) -> Tensor:
+        """query [B, Q, C]; ref_boxes [B, Q, 1, 4] cxcywh in [0, 1]; value per level [B*heads, C/heads, H, W]."""
         bs, num_q = query.shape[:2]
         total = sum(self.num_points)
         offsets = self.sampling_offsets(query).reshape(bs, num_q, self.num_heads, total, 2)
@@ -127,10 +118,9 @@ class MSDeformableAttention(nn.Module):
         locations = ref_boxes[:, :, None, :, :2] + offsets  # [B, Q, heads, P, 2]
         grids = (2 * locations - 1).permute(0, 2, 1, 3, 4).flatten(0, 1)  # [B*heads, Q, P, 2]
 
-        head_dim = value[0].shape[2]
+        head_dim = value[0].shape[1]
         samples = []
-        for level_value, level_grid, (h, w) in zip(value, grids.split(self.num_points, dim=-2), spatial_shapes):
-            level_value = level_value.reshape(bs * self.num_heads, head_dim, h, w)
+        for level_value, level_grid in zip(value, grids.split(self.num_points, dim=-2), strict=True):
             samples.append(F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros",
                                          align_corners=False))  # [B*heads, C/heads, Q, P_l]
         weights = weights.permute(0, 2, 1, 3).reshape(bs * self.num_heads, 1, num_q, total)
@@ -155,15 +145,16 @@ class DecoderLayer(nn.Module):
         self.swish_ffn = SwiGLUFFN(d_model, dim_feedforward // 2, d_model)
         self.norm3 = RMSNorm(d_model)
 
-    def forward(self, target: Tensor, ref_boxes: Tensor, value: list[Tensor], spatial_shapes: list[tuple[int, int]],
-                attn_mask: Tensor | None, query_pos: Tensor) -> Tensor:
-        """target, query_pos [B, Q, C]; ref_boxes [B, Q, 1, 4]; attn_mask [Q, Q] (True = blocked) -> [B, Q, C]."""
+    def forward(self, target: Tensor, ref_boxes: Tensor, value: list[Tensor], attn_mask: Tensor | None,
+                query_pos: Tensor) -> Tensor:
+        """target, query_pos [B, Q, C]; ref_boxes [B, Q, 1, 4]; value per level [B*heads, C/heads, H, W];
+        attn_mask [Q, Q] (True = blocked) -> [B, Q, C]."""
         q = k = target + query_pos
         # need_weights=True takes the same (non-SDPA) kernel path as the official code: bit-identical outputs
         attended, _ = self.self_attn(q, k, target, attn_mask=attn_mask, need_weights=True)
         target = self.norm1(target + attended)
 
-        sampled = self.cross_attn(target + query_pos, ref_boxes, value, spatial_shapes)
+        sampled = self.cross_attn(target + query_pos, ref_boxes, value)
         if self.use_gateway:
             target = self.gateway(target, sampled)
         else:
@@ -176,7 +167,7 @@ class DecoderLayer(nn.Module):
 class LQE(nn.Module):
     """Localization quality estimator: adds a score from the top-k bin probabilities of each edge."""
 
-    def __init__(self, k: int, hidden_dim: int, num_layers: int, reg_max: int, act: str = "relu") -> None:
+    def __init__(self, k: int, hidden_dim: int, num_layers: int, reg_max: int, act: str) -> None:
         super().__init__()
         self.k = k
         self.reg_max = reg_max

@@ -122,13 +122,11 @@ def build_decoder(variant: Variant, num_classes: int, input_size: tuple[int, int
     spec = variant.decoder
     return DEIMv2Decoder(
         num_classes=num_classes, hidden_dim=spec.hidden_dim, num_queries=spec.num_queries,
-        feat_channels=[spec.hidden_dim] * spec.num_levels, feat_strides=list(spec.feat_strides),
-        num_levels=spec.num_levels, num_points=list(spec.num_points), nhead=spec.nhead,
-        num_layers=spec.num_layers, dim_feedforward=spec.dim_feedforward, num_denoising=spec.num_denoising,
-        label_noise_ratio=spec.label_noise_ratio, box_noise_scale=spec.box_noise_scale,
-        eval_spatial_size=input_size, eval_idx=spec.eval_idx, reg_max=spec.reg_max, reg_scale=spec.reg_scale,
-        layer_scale=spec.layer_scale, activation=spec.activation, mlp_act=spec.activation,
-        use_gateway=spec.use_gateway, share_bbox_head=spec.share_bbox_head)
+        feat_strides=list(spec.feat_strides), num_points=list(spec.num_points), nhead=spec.nhead,
+        num_layers=spec.num_layers, dim_feedforward=spec.dim_feedforward, reg_max=spec.reg_max,
+        reg_scale=spec.reg_scale, use_gateway=spec.use_gateway, share_bbox_head=spec.share_bbox_head,
+        activation=spec.activation, num_denoising=spec.num_denoising, eval_spatial_size=input_size,
+        eval_idx=spec.eval_idx, label_noise_ratio=spec.label_noise_ratio, box_noise_scale=spec.box_noise_scale)
 
 
 def build_model(variant: str | Variant, num_classes: int | None = None,

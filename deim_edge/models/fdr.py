@@ -10,29 +10,34 @@ def weighting_function(reg_max: int, up: Tensor, reg_scale: Tensor | float) -> T
     """Non-uniform bin values W(n), n = 0..reg_max: [reg_max + 1], symmetric around W(reg_max/2) = 0.
 
     up [1] sets the outer bounds (+-2 * up * reg_scale); reg_scale sets the curvature.
-    The result has the dtype of `up` (pass float64 tensors for a high-precision table).
+    Computed in the dtype of `up`, but at least float32 (pass float64 tensors for a high-precision
+    table); callers cast the table to their activations' dtype.
     """
-    up = up.reshape(-1)[:1].abs()  # [1]
-    reg_scale = abs(reg_scale)
+    dtype = torch.promote_types(up.dtype, torch.float32)
+    up = up.reshape(-1)[:1].abs().to(dtype)  # [1]
+    reg_scale = torch.as_tensor(reg_scale, device=up.device).abs().to(dtype)
     inner_bound = up * reg_scale
     outer_bound = up * reg_scale * 2
     step = (inner_bound + 1) ** (2 / (reg_max - 2))
-    powers = torch.arange(1, reg_max // 2, dtype=step.dtype, device=step.device)
+    powers = torch.arange(1, reg_max // 2, dtype=dtype, device=up.device)
     right = step ** powers - 1  # [reg_max / 2 - 1]
     zero = torch.zeros_like(up)
     return torch.cat([-outer_bound, -right.flip(0), zero, right, outer_bound])
 
 
 def integral(corners: Tensor, project: Tensor) -> Tensor:
-    """Expected edge offsets of per-edge bin logits: [..., 4 * (reg_max + 1)] -> [..., 4]."""
+    """Expected edge offsets of per-edge bin logits: [..., 4 * (reg_max + 1)] -> [..., 4], in corners' dtype."""
     num_bins = project.shape[0]
     prob = F.softmax(corners.reshape(*corners.shape[:-1], 4, num_bins), dim=-1)
-    return F.linear(prob, project.to(prob.device))
+    return F.linear(prob, project.to(dtype=prob.dtype, device=prob.device))
 
 
 def distance2bbox(points: Tensor, distance: Tensor, reg_scale: Tensor | float) -> Tensor:
-    """Boxes from reference boxes [..., 4] cxcywh and edge distances [..., 4] (l, t, r, b) -> cxcywh."""
-    reg_scale = abs(reg_scale)
+    """Boxes from reference boxes [..., 4] cxcywh and edge distances [..., 4] (l, t, r, b) -> cxcywh.
+
+    reg_scale (a float or a [1] tensor of any dtype) is cast to the boxes' dtype.
+    """
+    reg_scale = torch.as_tensor(reg_scale, device=points.device).abs().to(points.dtype)
     cx, cy, w, h = points.unbind(-1)
     x1 = cx - (0.5 * reg_scale + distance[..., 0]) * (w / reg_scale)
     y1 = cy - (0.5 * reg_scale + distance[..., 1]) * (h / reg_scale)
