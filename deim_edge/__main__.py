@@ -1,8 +1,9 @@
-"""Command line: `python -m deim_edge info [VARIANT]`."""
+"""Command line: `python -m deim_edge {predict,info}` (export: `python -m deim_edge.export`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -56,9 +57,37 @@ def info(args: argparse.Namespace) -> None:
     print(f"  CPU        {ms:.1f} ms for one forward at batch 1 ({torch.get_num_threads()} threads)")
 
 
+def predict(args: argparse.Namespace) -> None:
+    """Detect on images, folders and videos; save annotated copies and a JSON of detections."""
+    from .detector import Detector
+    from .predict import predict as run_predict
+
+    options = {"threads": args.threads} if args.threads else {}
+    classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
+    detector = Detector(args.model, backend=args.backend, conf=args.conf, max_det=args.max_det, classes=classes,
+                        **options)
+    records = run_predict(detector, args.sources, save=args.save, json_path=args.json)
+    if args.save:
+        print(f"{len(records)} source(s): annotated copies and detections.json in {args.save}", file=sys.stderr)
+    elif not args.json:
+        print(json.dumps(records, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deim_edge", description="DEIMv2 detectors on edge devices")
     commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("predict", help="detect on images, folders and videos")
+    p.add_argument("model", help="an artifact: .onnx (deim-edge or official DEIMv2 export), .pth, ...")
+    p.add_argument("sources", nargs="+", help="image files, folders, video files")
+    p.add_argument("--save", help="folder for annotated images/videos and detections.json")
+    p.add_argument("--json", help="where to write the detections JSON (default: SAVE/detections.json)")
+    p.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
+    p.add_argument("--max-det", type=int, help="most detections per image (default: the artifact's)")
+    p.add_argument("--classes", nargs="+", help="keep only these classes (names or ids)")
+    p.add_argument("--backend", help="runtime to use (default: by file suffix)")
+    p.add_argument("--threads", type=int, help="inference threads")
+    p.set_defaults(run=predict)
+
     p = commands.add_parser("info", help="list the variants, or build one and print its summary")
     p.add_argument("variant", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
     p.add_argument("--imgsz", type=int, help="input size (a multiple of 32); default: the variant's")

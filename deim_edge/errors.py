@@ -30,3 +30,19 @@ class DownloadError(DeimEdgeError):
 
 class MissingDependencyError(DeimEdgeError, ImportError):
     """An optional dependency that is not installed; the message names the extra to install."""
+
+
+class MetadataError(DeimEdgeError):
+    """An artifact whose deim-edge metadata is missing fields or malformed."""
+
+
+class ModelFileError(DeimEdgeError):
+    """A model file that is missing, corrupt, not a model, or of an unsupported kind."""
+
+
+class ImageError(DeimEdgeError, ValueError):
+    """An image input that cannot be read or used (not an image, empty, wrong shape or type)."""
+
+
+class ExportError(DeimEdgeError):
+    """An export that failed; no file is left at the output path."""

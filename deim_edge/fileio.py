@@ -15,7 +15,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     onto `dest`, on failure remove it. The file gets the usual permissions of new files."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")  # suffix kept for writers that need it
     try:
         yield tmp
         os.replace(tmp, dest)

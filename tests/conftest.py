@@ -36,3 +36,36 @@ def read_listing(variant: str, mode: str, prefix: str = "") -> Listing:
 def listing(module) -> Listing:
     """The same {key: (shape, dtype)} view of a module's state dict."""
     return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in module.state_dict().items()}
+
+
+def assert_same_detections(a, b, box_atol: float, score_atol: float = 1e-5) -> None:
+    """Two Detections hold the same detections. Both come sorted by score, so rows whose scores tie
+    within score_atol may trade places (runtimes round a sigmoid differently); nothing else may differ."""
+    import numpy as np
+
+    assert len(a) == len(b), f"{len(a)} vs {len(b)} detections"
+    np.testing.assert_allclose(a.scores, b.scores, atol=score_atol, rtol=0)
+    unused = np.ones(len(b), bool)
+    for i in range(len(a)):
+        close = (unused & (b.labels == a.labels[i]) & (np.abs(b.scores - a.scores[i]) <= score_atol)
+                 & (np.abs(b.xyxy - a.xyxy[i]).max(axis=1) <= box_atol))
+        assert close.any(), f"detection {i} ({a.labels[i]}, {a.scores[i]:.6f}, {a.xyxy[i]}) has no match"
+        unused[np.argmax(close)] = False
+
+
+def assert_same_queries(out: dict, logits: np.ndarray, boxes: np.ndarray, atol: float = 1e-4,
+                        rtol: float = 0.0) -> None:
+    """Outputs equal within atol + rtol*|ref|, query by query. Queries come sorted by encoder score,
+    so two whose scores tie to float precision may trade places; that is the only freedom allowed."""
+    import numpy as np
+
+    ours = np.concatenate([out["pred_logits"].numpy(), out["pred_boxes"].numpy()], -1)  # [B, Q, C+4]
+    ref = np.concatenate([logits, boxes], -1)
+    q = ours.shape[1]
+    for b in range(ours.shape[0]):
+        excess = np.abs(ours[b][:, None, :] - ref[b][None, :, :]) - rtol * np.abs(ref[b][None, :, :])
+        cost = excess.max(-1)  # [Q, Q]
+        match = cost.argmin(1)
+        assert len(set(match.tolist())) == q, "queries differ, not just their order"
+        assert cost[np.arange(q), match].max() <= atol
+        assert (match != np.arange(q)).sum() <= max(2, q // 20), "too many queries changed places"

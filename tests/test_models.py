@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, listing, read_listing
+from conftest import DATA, assert_same_queries, listing, read_listing
 from parity_weights import fill_parity_weights, parity_input
 
 from deim_edge import VARIANTS, CheckpointError, DeimEdgeError, InputSizeError, UnknownVariantError, get_variant
@@ -48,22 +48,6 @@ def test_state_dict_equals_the_official_listing(built):
         got = listing(model)
         assert list(got) == list(expected), f"{variant.name} {mode}: key order or names differ"
         assert got == expected
-
-
-def assert_same_queries(out: dict, logits: np.ndarray, boxes: np.ndarray, atol: float = TOL,
-                        rtol: float = 0.0) -> None:
-    """Outputs equal within atol + rtol*|ref|, query by query. Queries come sorted by encoder score,
-    so two whose scores tie to float precision may trade places; that is the only freedom allowed."""
-    ours = np.concatenate([out["pred_logits"].numpy(), out["pred_boxes"].numpy()], -1)  # [B, Q, C+4]
-    ref = np.concatenate([logits, boxes], -1)
-    q = ours.shape[1]
-    for b in range(ours.shape[0]):
-        excess = np.abs(ours[b][:, None, :] - ref[b][None, :, :]) - rtol * np.abs(ref[b][None, :, :])
-        cost = excess.max(-1)  # [Q, Q]
-        match = cost.argmin(1)
-        assert len(set(match.tolist())) == q, "queries differ, not just their order"
-        assert cost[np.arange(q), match].max() <= atol
-        assert (match != np.arange(q)).sum() <= max(2, q // 50), "too many queries changed places"
 
 
 @pytest.mark.parametrize("path", PARITY_FILES, ids=lambda p: p.stem)
@@ -154,7 +138,7 @@ def test_size_too_small_for_the_queries_is_a_clear_error(name, size, smallest):
 def test_a_deployed_model_refuses_to_train():
     model = build_model("deimv2-atto").deploy()
     with pytest.raises(DeimEdgeError, match="build or load a fresh model"):
-        model.train()
+        model.train()(torch.rand(1, 3, 320, 320))
     assert model.deploy() is model  # deploying twice is harmless
 
 

@@ -61,6 +61,9 @@ class DEIMv2(nn.Module):
         return tuple(self.decoder.eval_spatial_size)
 
     def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None) -> dict:
+        if self.training and self.deployed:
+            raise DeimEdgeError("this model was deployed (training heads dropped, convs fused) and cannot run in "
+                                "training mode: call .eval(), or build or load a fresh model to train")
         check_input_size(self.variant, images.shape[-2], images.shape[-1])
         return self.decoder(self.encoder(self.backbone(images)), targets)
 
@@ -69,12 +72,6 @@ class DEIMv2(nn.Module):
         size = _pair(input_size)
         check_input_size(self.variant, *size)
         self.decoder.set_input_size(size)
-
-    def train(self, mode: bool = True) -> "DEIMv2":
-        if mode and self.deployed:
-            raise DeimEdgeError("this model was deployed (training heads dropped, convs fused) and cannot train; "
-                                "build or load a fresh model to train")
-        return super().train(mode)
 
     def deploy(self) -> "DEIMv2":
         """Switch to eval and apply the official deploy step (drop training heads, fuse convs)."""

@@ -1,0 +1,136 @@
+"""Detector: artifact -> runtime; image -> preprocess -> run -> decode -> Detections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Union
+
+import numpy as np
+
+from .decode import decode
+from .errors import ConfigError, ImageError
+from .metadata import RAW, ArtifactMetadata
+from .preprocess import Transform, load_image, preprocess
+from .results import Detections
+from .runtimes import Runtime, load_runtime
+
+ImageSource = Union[str, os.PathLike, np.ndarray]
+
+
+class Detector:
+    """One DEIMv2 detector over any artifact (.onnx, .pth, ...), configured by the artifact's metadata.
+
+    conf: minimum score kept; max_det: most detections per image (default: the artifact's);
+    classes: keep only these labels (ids or names). resize ("stretch" | "letterbox"), mean and std
+    override the artifact's preprocessing (useful for official DEIMv2 ONNX files, which carry
+    none). Remaining keyword arguments go to the runtime (e.g. threads=1, providers=[...],
+    variant= for .pth files).
+    """
+
+    def __init__(self, model: str | os.PathLike, backend: str | None = None, conf: float = 0.25,
+                 max_det: int | None = None, classes: Iterable[int | str] | None = None, resize: str | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **runtime_options) -> None:
+        self.runtime: Runtime = load_runtime(model, backend, **runtime_options)
+        meta = self.runtime.metadata
+        overrides = {k: v for k, v in {"resize": resize, "mean": _triple(mean), "std": _triple(std)}.items()
+                     if v is not None}
+        self.metadata: ArtifactMetadata = meta.with_(**overrides) if overrides else meta
+        if not 0.0 <= conf <= 1.0:
+            raise ConfigError(f"conf must be within [0, 1], got {conf}")
+        self.conf = conf
+        self.max_det = max_det if max_det is not None else self.metadata.max_det
+        self.classes = self._class_ids(classes)
+        self._buffer = np.empty((0, 3, *self.metadata.input_size), np.float32)  # reused input batch
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.metadata.class_names
+
+    def __call__(self, source: ImageSource | Sequence[ImageSource], color: str = "BGR"
+                 ) -> Detections | list[Detections]:
+        """Detect on one image (path or array) or a list of them; arrays are `color` ordered (BGR
+        as OpenCV reads them, or RGB). Returns one Detections per image."""
+        single = isinstance(source, (str, os.PathLike, np.ndarray))
+        images = [load_image(s, color=color) for s in ([source] if single else source)]
+        if not images:
+            raise ImageError("no images given")
+        results: list[Detections] = []
+        for chunk in self._chunks(images):
+            batch, transforms = self.preprocess(chunk)
+            results.extend(self.postprocess(self.infer(self._fill_static_batch(batch)), transforms))
+        return results[0] if single else results
+
+    predict = __call__
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
+        """RGB uint8 images -> the network's input batch and what resizing did to each image.
+
+        The batch lives in a buffer the next call reuses (fresh large arrays cost page faults).
+        """
+        m = self.metadata
+        if len(self._buffer) < len(images):
+            self._buffer = np.empty((len(images), 3, *m.input_size), np.float32)
+        return preprocess(images, m.input_size, resize=m.resize, mean=m.mean, std=m.std,
+                          out=self._buffer[: len(images)])
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The runtime call alone."""
+        return self.runtime.run(batch)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], transforms: list[Transform]) -> list[Detections]:
+        """Raw or top-k outputs -> Detections in original-image pixels, filtered by conf and classes."""
+        if self.metadata.output == RAW:
+            scores, labels, boxes = decode(outputs["logits"], outputs["boxes"], self.max_det)
+        else:
+            scores, labels, boxes = outputs["scores"], outputs["labels"], outputs["boxes"]
+        results = []
+        for i, t in enumerate(transforms):
+            keep = scores[i, : self.max_det] >= self.conf
+            if self.classes is not None:
+                keep &= np.isin(labels[i, : self.max_det], self.classes)
+            results.append(Detections(
+                xyxy=t.to_original(boxes[i, : self.max_det][keep]), scores=scores[i, : self.max_det][keep],
+                labels=labels[i, : self.max_det][keep].astype(np.int64), names=self.names,
+                image_size=t.original_size))
+        return results
+
+    def _chunks(self, images: list[np.ndarray]) -> Iterable[list[np.ndarray]]:
+        size = self.metadata.batch or len(images)
+        for start in range(0, len(images), size):
+            yield images[start:start + size]
+
+    def _fill_static_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Pad a short last chunk with blank images for artifacts with a fixed batch size."""
+        missing = (self.metadata.batch or 0) - batch.shape[0]
+        if missing <= 0:
+            return batch
+        return np.concatenate([batch, np.zeros((missing, *batch.shape[1:]), batch.dtype)])
+
+    def _class_ids(self, classes: Iterable[int | str] | None) -> np.ndarray | None:
+        if classes is None:
+            return None
+        ids = []
+        for c in classes:
+            if isinstance(c, str):
+                if c not in self.names:
+                    raise ConfigError(f"unknown class {c!r}; this model knows: {', '.join(self.names)}")
+                ids.append(self.names.index(c))
+            elif 0 <= int(c) < len(self.names):
+                ids.append(int(c))
+            else:
+                raise ConfigError(f"class id {c} is outside 0..{len(self.names) - 1}")
+        return np.array(ids, dtype=np.int64)
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"Detector({m.variant or 'unknown variant'}, {self.runtime.name}, {m.input_size[0]}x{m.input_size[1]}"
+                f" {m.resize}, {m.output} outputs, {m.num_classes} classes)")
+
+
+def _triple(values: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if values is None:
+        return None
+    if len(values) != 3:
+        raise ConfigError(f"mean and std take three values (R, G, B), got {list(values)}")
+    return tuple(float(v) for v in values)

@@ -1,0 +1,102 @@
+"""ONNX Runtime: deim-edge exports (metadata inside) and the official DEIMv2 ONNX files."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..decode import official_to_topk
+from ..errors import MissingDependencyError, ModelFileError
+from ..metadata import COCO_CLASSES, METADATA_KEY, OFFICIAL, ArtifactMetadata
+from ..variants import VARIANTS
+
+OFFICIAL_INPUTS = {"images", "orig_target_sizes"}
+OFFICIAL_OUTPUTS = {"labels", "boxes", "scores"}
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise MissingDependencyError("the ONNX Runtime backend needs onnxruntime: pip install 'deim-edge[onnx]' "
+                                     "(or onnxruntime-gpu for CUDA)") from e
+    return onnxruntime
+
+
+class OnnxRuntime:
+    """An ONNX model in an onnxruntime InferenceSession.
+
+    threads: intra-op threads (default: onnxruntime's choice); providers: e.g.
+    ["CUDAExecutionProvider", "CPUExecutionProvider"] (default: CPU).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(os.fspath(path), options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for unreadable files
+            raise ModelFileError(f"{path} is not a loadable ONNX model: {str(e).splitlines()[0]}") from e
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY in custom:
+            self.metadata = ArtifactMetadata.from_json(custom[METADATA_KEY])
+        elif set(self.input_names) == OFFICIAL_INPUTS and set(self.output_names) == OFFICIAL_OUTPUTS:
+            self.metadata = _official_metadata(path, self.session)
+        else:
+            raise ModelFileError(
+                f"{path} has no deim-edge metadata and is not an official DEIMv2 export (inputs "
+                f"{self.input_names}, outputs {self.output_names}); export it with python -m deim_edge.export")
+        self._image_input = "images" if "images" in self.input_names else self.input_names[0]
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        feed = {self._image_input: images}
+        if self.metadata.output == OFFICIAL:
+            h, w = images.shape[2:]
+            feed["orig_target_sizes"] = np.tile(np.array([[w, h]], dtype=np.int64), (images.shape[0], 1))
+        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        if self.metadata.output == OFFICIAL:
+            scores, labels, boxes = official_to_topk(outputs["labels"], outputs["boxes"], outputs["scores"],
+                                                     images.shape[2:])
+            return {"scores": scores, "labels": labels, "boxes": boxes}
+        return outputs
+
+
+def _official_metadata(path: Path, session) -> ArtifactMetadata:
+    """Official exports carry no metadata: take the input size from the graph, the variant (for its
+    normalization) from the parameter count, and the official inference script's letterbox."""
+    shape = session.get_inputs()[0].shape  # [N, 3, H, W]
+    if not all(isinstance(d, int) for d in shape[2:]):
+        raise ModelFileError(f"{path}: the official export's input size is not fixed ({shape}); "
+                             "pass imgsz= to Detector")
+    size = (shape[2], shape[3])
+    variant = _guess_variant_by_parameters(path)
+    if variant is None:
+        warnings.warn(f"{path.name}: could not tell which DEIMv2 variant this official export is; assuming "
+                      "x/255 input (Atto to N). For S to X pass mean=(0.485, 0.456, 0.406), "
+                      "std=(0.229, 0.224, 0.225) to Detector", stacklevel=3)
+        return ArtifactMetadata(input_size=size, class_names=COCO_CLASSES, output=OFFICIAL, resize="letterbox",
+                                batch=None, producer="DEIMv2 official export")
+    return ArtifactMetadata.for_variant(variant, input_size=size, output=OFFICIAL, resize="letterbox", batch=None,
+                                        producer="DEIMv2 official export")
+
+
+def _guess_variant_by_parameters(path: Path) -> str | None:
+    """The variant whose deploy-mode parameter count is within 1% of the graph's weights."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    best = min(VARIANTS.values(), key=lambda v: abs(v.published.params_deploy - total))
+    return best.name if abs(best.published.params_deploy - total) <= 0.01 * best.published.params_deploy else None

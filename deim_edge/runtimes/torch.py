@@ -1,0 +1,48 @@
+"""PyTorch: run a .pth checkpoint directly, for parity checks and development."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingDependencyError, ModelFileError
+from ..metadata import COCO_CLASSES, ArtifactMetadata
+
+
+class TorchRuntime:
+    """A DEIMv2 checkpoint (official or deim-edge format) as a deployed PyTorch model.
+
+    variant: guessed from the checkpoint when omitted; input_size: defaults to the variant's;
+    device: "cpu", "cuda", ...; class_names: default COCO for 80 classes, else "class0", ...
+    """
+
+    name = "torch"
+
+    def __init__(self, path: Path, variant: str | None = None, input_size: int | tuple[int, int] | None = None,
+                 device: str = "cpu", class_names: list[str] | None = None) -> None:
+        try:
+            import torch
+        except ImportError as e:
+            raise MissingDependencyError("running a .pth checkpoint needs PyTorch: pip install 'deim-edge[torch]'; "
+                                         "or export it: python -m deim_edge.export --checkpoint ...") from e
+        from ..models.checkpoint import guess_variant, load_checkpoint, read_state_dict
+
+        self._torch = torch
+        state = read_state_dict(path)
+        if variant is None:
+            guessed = guess_variant(state)
+            if guessed is None:
+                raise ModelFileError(f"cannot tell which DEIMv2 variant {path} is; pass variant=")
+            variant = guessed.name
+        self.model = load_checkpoint(state, variant, input_size=input_size).deploy().to(device)
+        self.device = device
+        num_classes = self.model.decoder.num_classes
+        names = class_names or (COCO_CLASSES if num_classes == 80 else [f"class{i}" for i in range(num_classes)])
+        self.metadata = ArtifactMetadata.for_variant(variant, input_size=self.model.input_size, class_names=names,
+                                                     batch=None)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        with self._torch.inference_mode():
+            out = self.model(self._torch.from_numpy(images).to(self.device))
+        return {"logits": out["pred_logits"].float().cpu().numpy(), "boxes": out["pred_boxes"].float().cpu().numpy()}
