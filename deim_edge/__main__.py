@@ -1,4 +1,4 @@
-"""Command line: `python -m deim_edge {predict,info}` (export: `python -m deim_edge.export`)."""
+"""Command line: `python -m deim_edge {predict,export,info}`."""
 
 from __future__ import annotations
 
@@ -74,8 +74,14 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:  # the export command line has its own parser
+        from .export.__main__ import main as export_main
+
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m deim_edge", description="DEIMv2 detectors on edge devices")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("export", help="export a checkpoint: python -m deim_edge export --help")
     p = commands.add_parser("predict", help="detect on images, folders and videos")
     p.add_argument("model", help="an artifact: .onnx (deim-edge or official DEIMv2 export), .pth, ...")
     p.add_argument("sources", nargs="+", help="image files, folders, video files")

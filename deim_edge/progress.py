@@ -1,9 +1,16 @@
-"""Progress of long work on stderr: a counter with rate and time left, or a line per step."""
+"""Progress of long work on stderr: a counter with rate and time left (`Progress`), and step lines
+(`step`) that print only inside a `reporting()` block, so library calls stay quiet unless asked."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
+import warnings
+from typing import Iterator
+
+_enabled: contextvars.ContextVar[float | None] = contextvars.ContextVar("deim_edge_progress", default=None)
 
 
 class Progress:
@@ -44,6 +51,27 @@ class Progress:
             self.stream.flush()
 
 
+class ExportWarning(UserWarning):
+    """Something an export worked around (random weights, a simplifier that failed, ...)."""
+
+
+@contextlib.contextmanager
+def reporting(enabled: bool = True) -> Iterator[None]:
+    """Print `step` lines on stderr inside this block, each with the seconds since it began."""
+    token = _enabled.set(time.perf_counter() if enabled else None)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
+
+
 def step(message: str) -> None:
-    """One line about a step of long work (export, calibration...)."""
-    print(message, file=sys.stderr, flush=True)
+    """One progress line, e.g. step('simplifying with onnxslim')."""
+    start = _enabled.get()
+    if start is not None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning the user should read (shown once per message)."""
+    warnings.warn(message, ExportWarning, stacklevel=3)

@@ -1,0 +1,93 @@
+"""The export targets: one record per artifact kind, looked up by name. No torch import.
+
+A target names its file suffix, the pip extra it needs, the modules that extra provides, the
+options it accepts (with defaults) and the function that writes the artifact. The function is
+given as "module:function" and imported only when an export runs, so listing the targets needs
+none of their dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import ExportError, MissingDependencyError
+from ..metadata import ArtifactMetadata
+
+# export(model, metadata, out_path, options) -> the path written; model is a deployed DEIMv2
+ExportFn = Callable[[Any, ArtifactMetadata, Path, Mapping[str, Any]], Path]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One kind of artifact that `deim_edge.export` can write."""
+
+    name: str
+    suffix: str  # of the file written, e.g. ".onnx"
+    extra: str  # pip install 'deim-edge[<extra>]' provides `requires`
+    requires: tuple[str, ...]  # importable modules the export needs (torch included)
+    entry: str  # "module:function" of the ExportFn
+    options: Mapping[str, Any] = field(default_factory=dict)  # target-specific options and their defaults
+    description: str = ""
+
+    def missing(self) -> list[str]:
+        """The required modules that are not installed."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults updated by `options`; ExportError for an option this target does not take."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise ExportError(f"target {self.name!r} does not take option(s) {', '.join(unknown)}; "
+                              f"its options are: {allowed}")
+        return {**self.options, **options}
+
+    def require(self) -> None:
+        """MissingDependencyError, naming the extra to install, unless every required module is installed."""
+        missing = self.missing()
+        if missing:
+            extras = ",".join((["torch"] if "torch" in missing else []) + [self.extra])
+            raise MissingDependencyError(f"exporting to {self.name} needs {', '.join(missing)}: "
+                                         f"pip install 'deim-edge[{extras}]'")
+
+    def export(self, model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
+        """Write the artifact of a deployed `model` to `out_path`."""
+        self.require()
+        module, function = self.entry.split(":")
+        fn: ExportFn = getattr(importlib.import_module(module), function)
+        return fn(model, metadata, out_path, options)
+
+
+_TARGETS: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    """Add a target (later targets plug in here); a name can be registered once."""
+    if target.name in _TARGETS:
+        raise ExportError(f"an export target named {target.name!r} is already registered")
+    _TARGETS[target.name] = target
+    return target
+
+
+def get_target(name: str) -> Target:
+    """The target called `name`; ExportError listing the valid names otherwise."""
+    key = str(name).strip().lower()
+    if key not in _TARGETS:
+        raise ExportError(f"unknown export target {name!r}; choose one of: {', '.join(_TARGETS)}")
+    return _TARGETS[key]
+
+
+def targets() -> tuple[Target, ...]:
+    """Every registered target, in registration order."""
+    return tuple(_TARGETS.values())
+
+
+register(Target(
+    name="onnx", suffix=".onnx", extra="onnx", requires=("torch", "onnx"),
+    entry="deim_edge.export.onnx:export_onnx", options={"opset": 17, "simplify": True, "verify": True},
+    description="ONNX, float32 (ONNX Runtime, and the input of the TensorRT, OpenVINO and TFLite targets)",
+))
