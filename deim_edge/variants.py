@@ -123,7 +123,6 @@ class TrainRecipe:
     clip_max_norm: float = 0.1
     loss_weights: LossWeights = field(default_factory=LossWeights)
     mal_gamma: float = 1.5
-    mal_alpha: float = 0.75
     matcher_costs: MatcherCosts = field(default_factory=MatcherCosts)
     matcher_focal_alpha: float = 0.25
     matcher_focal_gamma: float = 2.0
@@ -182,7 +181,7 @@ def _light(*, name, size, backbone, channels, hidden, queries, ff, lr, backbone_
             warmup_iters=4000, flat_epoch=250, no_aug_epoch=32, lr_gamma=0.5, aug_policy_epochs=(4, 250, 400),
             mosaic_prob=mosaic_prob, mosaic_output_size=size // 2, mixup_prob=0.0, mixup_epochs=(40000, 15000),
             copyblend_prob=0.0, copyblend_epochs=(40000, 15000), stop_epoch=468, base_size_repeat=None,
-            min_box_size=min_box, matcher_change_epoch=450, use_fgl_ddf=False, use_uni_set=name != "deimv2-atto",
+            min_box_size=min_box, matcher_change_epoch=450, use_fgl_ddf=False, use_uni_set=False,
         ),
         published=published,
     )
