@@ -117,6 +117,7 @@ class TrainRecipe:
     matcher_change_epoch: int
     use_fgl_ddf: bool  # ultra-light variants train without FGL and DDF
     use_uni_set: bool = True
+    head_bias_weight_decay: bool = False  # Atto's config leaves encoder/decoder biases under weight decay
     betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.9999
     ema_warmups: int = 1000
@@ -182,6 +183,7 @@ def _light(*, name, size, backbone, channels, hidden, queries, ff, lr, backbone_
             mosaic_prob=mosaic_prob, mosaic_output_size=size // 2, mixup_prob=0.0, mixup_epochs=(40000, 15000),
             copyblend_prob=0.0, copyblend_epochs=(40000, 15000), stop_epoch=468, base_size_repeat=None,
             min_box_size=min_box, matcher_change_epoch=450, use_fgl_ddf=False, use_uni_set=False,
+            head_bias_weight_decay=name == "deimv2-atto",
         ),
         published=published,
     )
