@@ -1,0 +1,98 @@
+"""COCO box AP of a model (or of any detections) on a CocoDetection set, with faster-coco-eval."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..decode import decode
+from ..errors import ConfigError, MissingDependencyError
+from ..progress import Progress
+from ..results import Detections
+from .collate import Collate
+from .data.coco import CocoDetection
+from .transforms import resize
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval stats, in order
+
+
+def evaluate_detections(dataset: CocoDetection, detections_per_image: Mapping[int, Detections]) -> dict[str, float]:
+    """COCO bbox metrics of detections over the images of `dataset`.
+
+    detections_per_image maps an image id (the JSON's) to its Detections: x1,y1,x2,y2 in that image's
+    pixels, labels the dataset's contiguous 0..C-1 (turned into category ids here). Images of
+    dataset.image_ids without an entry have no detections. Returns {AP, AP50, AP75, APs, APm, APl}: floats
+    in [0, 1], -1.0 where COCO has nothing to measure (no ground truth of that size).
+    """
+    try:
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise MissingDependencyError("COCO evaluation needs faster-coco-eval: pip install 'deim-edge[train]'") from None
+    image_ids = dataset.image_ids
+    unknown = set(detections_per_image) - set(image_ids)
+    if unknown:
+        raise ConfigError(f"detections for image ids not in the dataset: {sorted(unknown)[:5]}; key the "
+                          "detections by the image ids of the same annotation file")
+    records = [r for image_id, dets in detections_per_image.items()
+               for r in dets.to_coco(int(image_id), dataset.category_ids)]
+    coco_gt = dataset.coco
+    evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(records), iouType="bbox")
+    evaluator.params.imgIds = image_ids
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return {name: float(v) for name, v in zip(METRICS, evaluator.stats[:len(METRICS)])}
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset: CocoDetection, batch_size: int = 8,
+                    input_size: int | tuple[int, int] | None = None, device: str | torch.device = "cpu",
+                    max_det: int = 300, progress: bool = False) -> dict[int, Detections]:
+    """{image id: Detections in original pixels} of a DEIMv2 model over every image of `dataset`.
+
+    Each image is stretched to input_size (default model.input_size) by the training pipeline's resize,
+    scaled to [0, 1] and normalized as the model's variant says, then run in eval mode and decoded by
+    deim_edge.decode.decode. Boxes are scaled to the image's size and not clipped (as DEIMv2's own
+    postprocessor). The model must already be on `device`; its training mode is restored afterwards.
+    """
+    if dataset.transforms is not None:
+        raise ConfigError("evaluate a CocoDetection built without transforms (transforms=None): evaluation "
+                          "resizes each image itself and maps boxes back to the file's size")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    height, width = model.input_size if input_size is None else (
+        (input_size, input_size) if isinstance(input_size, int) else tuple(input_size))
+    variant = model.variant
+    to_batch = Collate(normalize=None if variant.mean is None else (variant.mean, variant.std))
+    was_training = model.training
+    model.eval()
+    detections: dict[int, Detections] = {}
+    try:
+        with Progress(len(dataset), "evaluate") if progress else contextlib.nullcontext() as bar:
+            for start in range(0, len(dataset), batch_size):
+                stop = min(start + batch_size, len(dataset))
+                images, targets = to_batch([resize(*dataset[i], height, width) for i in range(start, stop)])
+                out = model(images.to(device))  # images [B,3,H,W]
+                scores, labels, boxes = decode(out["pred_logits"].float().cpu().numpy(),
+                                               out["pred_boxes"].float().cpu().numpy(), max_det)  # [B,K], [B,K,4]
+                for target, s, lab, b in zip(targets, scores, labels, boxes):
+                    h, w = target["orig_size"]
+                    detections[target["image_id"]] = Detections(b * np.array([w, h, w, h], np.float32), s, lab,
+                                                                dataset.class_names, (h, w))
+                if bar is not None:
+                    bar.update(stop - start)
+    finally:
+        model.train(was_training)
+    return detections
+
+
+def evaluate(model: nn.Module, dataset: CocoDetection, batch_size: int = 8,
+             input_size: int | tuple[int, int] | None = None, device: str | torch.device = "cpu",
+             max_det: int = 300, progress: bool = False) -> dict[str, float]:
+    """COCO bbox metrics {AP, AP50, AP75, APs, APm, APl} of a DEIMv2 model on `dataset` (see
+    predict_dataset for the preprocessing and evaluate_detections for the metrics)."""
+    detections = predict_dataset(model, dataset, batch_size, input_size, device, max_det, progress)
+    return evaluate_detections(dataset, detections)
