@@ -4,17 +4,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..decode import decode
+from ..preprocess import preprocess
 from ..errors import ConfigError, MissingDependencyError
 from ..progress import Progress
 from ..results import Detections
-from .collate import Collate
 from .data.coco import CocoDetection
-from .transforms import resize
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval stats, in order
 
@@ -53,10 +51,10 @@ def predict_dataset(model: nn.Module, dataset: CocoDetection, batch_size: int = 
                     max_det: int = 300, progress: bool = False) -> dict[int, Detections]:
     """{image id: Detections in original pixels} of a DEIMv2 model over every image of `dataset`.
 
-    Each image is stretched to input_size (default model.input_size) by the training pipeline's resize,
-    scaled to [0, 1] and normalized as the model's variant says, then run in eval mode and decoded by
-    deim_edge.decode.decode. Boxes are scaled to the image's size and not clipped (as DEIMv2's own
-    postprocessor). The model must already be on `device`; its training mode is restored afterwards.
+    Images go through exactly what Detector does at deployment (deim_edge.preprocess: stretch to
+    input_size, default model.input_size, /255, the variant's normalization; deim_edge.decode; boxes
+    mapped back to the image and clipped), so AP measured here is the AP an artifact should keep.
+    The model must already be on `device`; its training mode is restored afterwards.
     """
     if dataset.transforms is not None:
         raise ConfigError("evaluate a CocoDetection built without transforms (transforms=None): evaluation "
@@ -66,7 +64,6 @@ def predict_dataset(model: nn.Module, dataset: CocoDetection, batch_size: int = 
     height, width = model.input_size if input_size is None else (
         (input_size, input_size) if isinstance(input_size, int) else tuple(input_size))
     variant = model.variant
-    to_batch = Collate(normalize=None if variant.mean is None else (variant.mean, variant.std))
     was_training = model.training
     model.eval()
     detections: dict[int, Detections] = {}
@@ -74,14 +71,15 @@ def predict_dataset(model: nn.Module, dataset: CocoDetection, batch_size: int = 
         with Progress(len(dataset), "evaluate") if progress else contextlib.nullcontext() as bar:
             for start in range(0, len(dataset), batch_size):
                 stop = min(start + batch_size, len(dataset))
-                images, targets = to_batch([resize(*dataset[i], height, width) for i in range(start, stop)])
-                out = model(images.to(device))  # images [B,3,H,W]
+                samples = [dataset[i] for i in range(start, stop)]
+                batch, transforms = preprocess([image for image, _ in samples], (height, width),
+                                               mean=variant.mean, std=variant.std)  # [B,3,H,W]
+                out = model(torch.from_numpy(batch).to(device))
                 scores, labels, boxes = decode(out["pred_logits"].float().cpu().numpy(),
                                                out["pred_boxes"].float().cpu().numpy(), max_det)  # [B,K], [B,K,4]
-                for target, s, lab, b in zip(targets, scores, labels, boxes):
-                    h, w = target["orig_size"]
-                    detections[target["image_id"]] = Detections(b * np.array([w, h, w, h], np.float32), s, lab,
-                                                                dataset.class_names, (h, w))
+                for (_, target), t, s, lab, b in zip(samples, transforms, scores, labels, boxes):
+                    detections[target["image_id"]] = Detections(t.to_original(b), s, lab, dataset.class_names,
+                                                                t.original_size)
                 if bar is not None:
                     bar.update(stop - start)
     finally:
