@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
@@ -41,8 +42,6 @@ def listing(module) -> Listing:
 def assert_same_detections(a, b, box_atol: float, score_atol: float = 1e-5) -> None:
     """Two Detections hold the same detections. Both come sorted by score, so rows whose scores tie
     within score_atol may trade places (runtimes round a sigmoid differently); nothing else may differ."""
-    import numpy as np
-
     assert len(a) == len(b), f"{len(a)} vs {len(b)} detections"
     np.testing.assert_allclose(a.scores, b.scores, atol=score_atol, rtol=0)
     unused = np.ones(len(b), bool)
@@ -57,8 +56,6 @@ def assert_same_queries(out: dict, logits: np.ndarray, boxes: np.ndarray, atol: 
                         rtol: float = 0.0) -> None:
     """Outputs equal within atol + rtol*|ref|, query by query. Queries come sorted by encoder score,
     so two whose scores tie to float precision may trade places; that is the only freedom allowed."""
-    import numpy as np
-
     ours = np.concatenate([out["pred_logits"].numpy(), out["pred_boxes"].numpy()], -1)  # [B, Q, C+4]
     ref = np.concatenate([logits, boxes], -1)
     q = ours.shape[1]
