@@ -1,0 +1,87 @@
+"""`python -m deim_edge.train --variant deimv2-atto --data DATA ...`: train a DEIMv2 detector.
+
+DATA is a folder in COCO layout (annotations/instances_train.json with train/ images, and optionally
+annotations/instances_val.json with val/), `synthetic` to generate the synthetic shapes set into the
+output folder first, or left out with --train-json/--train-images (and --val-json/--val-images) given.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, DeimEdgeError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m deim_edge.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="deimv2-atto", help="e.g. deimv2-atto, deimv2-pico, deimv2-s")
+    p.add_argument("--data", help="COCO-layout folder, or 'synthetic'")
+    p.add_argument("--train-json"), p.add_argument("--train-images")
+    p.add_argument("--val-json"), p.add_argument("--val-images")
+    p.add_argument("--synthetic-images", type=int, default=200, help="images of --data synthetic")
+    p.add_argument("--epochs", type=int, help="default: the variant's recipe (its schedule scales to this)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--imgsz", type=int, help="square training size, a multiple of 32 (default: the variant's)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/train", help="folder for last.pth, best.pth, log.txt, curves.png")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate the EMA model every N epochs")
+    p.add_argument("--resume", help="last.pth of an interrupted run: continue it")
+    p.add_argument("--init-from", help="a checkpoint of any size or variant: start from its matching tensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    return p.parse_args(argv)
+
+
+def data_paths(args: argparse.Namespace) -> tuple[str, str, str | None, str | None]:
+    """(train images, train json, val images, val json) from --data or the explicit paths."""
+    if args.data == "synthetic":
+        from .training.data import make_synthetic_coco
+
+        s = make_synthetic_coco(Path(args.out) / "synthetic", num_images=args.synthetic_images,
+                                image_size=args.imgsz or 320, progress=not args.no_progress)
+        return str(s.train_images), str(s.train_json), str(s.val_images), str(s.val_json)
+    if args.data:
+        root = Path(args.data)
+        train_json = root / "annotations" / "instances_train.json"
+        if not train_json.is_file():
+            raise ConfigError(f"{train_json} not found: --data needs annotations/instances_train.json and train/ "
+                              "(or pass --train-json and --train-images)")
+        val_json = root / "annotations" / "instances_val.json"
+        val = (str(root / "val"), str(val_json)) if val_json.is_file() else (None, None)
+        return str(root / "train"), str(train_json), *val
+    if not (args.train_json and args.train_images):
+        raise ConfigError("give --data FOLDER, --data synthetic, or --train-json and --train-images")
+    if bool(args.val_json) != bool(args.val_images):
+        raise ConfigError("give --val-json and --val-images together")
+    return args.train_images, args.train_json, args.val_images, args.val_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from .training.trainer import TrainConfig, Trainer
+
+        train_images, train_json, val_images, val_json = data_paths(args)
+        config = TrainConfig(train_images, train_json, val_images, val_json, variant=args.variant,
+                             epochs=args.epochs, batch_size=args.batch, imgsz=args.imgsz, lr_scale=args.lr_scale,
+                             device=args.device, amp=args.amp, workers=args.workers, seed=args.seed, out=args.out,
+                             eval_every=args.eval_every, resume=args.resume, init_from=args.init_from,
+                             progress=not args.no_progress)
+        history = Trainer(config).fit()
+    except DeimEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if history:
+        last = history[-1]
+        ap = f", AP {last['AP']:.3f}, AP50 {last['AP50']:.3f}" if "AP" in last else ""
+        print(f"done: {len(history)} epochs, last loss {last['loss']:.3f}{ap}; checkpoints in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Trainer: one process, CPU or one CUDA GPU -- the DEIM recipe of a variant scaled to the run's epochs,
+EMA evaluated on the validation set every epoch, best and last checkpoints in the official format.
+
+Randomness is keyed, never carried: the sample order of epoch e comes from default_rng([seed, e]), each
+sample's augmentation from default_rng([seed, e, index]), each batch's from the Collate's key, and torch's
+generator (denoising queries) is reseeded at the start of every epoch. So a run resumed from the last
+checkpoint repeats exactly what the uninterrupted run does (CPU, same seed, same number of workers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError, DeimEdgeError
+from ..fileio import atomic_path
+from ..models import build_model, read_state_dict, save_checkpoint
+from ..models.checkpoint import SIZE_DEPENDENT
+from ..progress import Progress, warn
+from ..variants import TrainRecipe, get_variant
+from .collate import Collate
+from .criterion import DEIMLoss
+from .data.coco import CocoDetection
+from .dense_o2o import AugmentationPolicy, TrainPipeline
+from .ema import ModelEMA
+from .evaluate import METRICS, evaluate
+from .optim import build_optimizer
+from .schedule import FlatCosineSchedule
+
+LOSS_TERMS = ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")  # logged summed over all outputs
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; stored (as plain types) in every checkpoint under 'args'."""
+
+    train_images: str
+    train_json: str
+    val_images: str | None = None
+    val_json: str | None = None
+    variant: str = "deimv2-atto"
+    epochs: int | None = None  # default: the recipe's
+    batch_size: int = 8
+    imgsz: int | None = None  # default: the variant's input size
+    lr_scale: float = 1.0  # multiplies lr and backbone_lr (the official code does not scale with batch)
+    device: str = "cpu"
+    amp: bool = False  # CUDA only
+    workers: int = 0
+    seed: int = 0
+    out: str = "runs/train"
+    eval_every: int = 1
+    resume: str | None = None
+    init_from: str | None = None
+    progress: bool = True
+
+
+class EpochSamples(Dataset):
+    """A CocoDetection seen through the training pipeline of the current epoch (set with set_epoch
+    before a DataLoader is made, so workers start with it); sample i of epoch e is augmented with
+    np.random.default_rng([seed, e, i])."""
+
+    def __init__(self, dataset: CocoDetection, pipeline: TrainPipeline, seed: int) -> None:
+        self.dataset, self.pipeline, self.seed = dataset, pipeline, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.pipeline.mosaic.cache.clear()  # mosaic partners come from this epoch only: resume stays exact
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return self.pipeline(image, target, self.epoch, np.random.default_rng([self.seed, self.epoch, index]))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The torch seed of an epoch."""
+    return int(np.random.default_rng([seed, epoch, 1]).integers(2 ** 62))
+
+
+def init_from(model: nn.Module, source: str) -> dict[str, int]:
+    """Copy every tensor of checkpoint `source` (EMA weights when present) whose name and shape match
+    into `model`; returns the counts {'loaded', 'shape_mismatch', 'missing', 'unexpected'}."""
+    state = read_state_dict(source)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and k not in SIZE_DEPENDENT and v.shape == own[k].shape}
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": len(fits),
+            "shape_mismatch": sum(1 for k, v in state.items() if k in own and v.shape != own[k].shape),
+            "missing": sum(1 for k in own if k not in state),
+            "unexpected": sum(1 for k in state if k not in own)}
+
+
+def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+
+
+def _plain(obj: Any) -> Any:
+    """obj with Paths as str and tuples as lists, so a weights-only torch.load reads it."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+class Trainer:
+    """`Trainer(config).fit()`: trains, evaluates, writes out/{last,best}.pth, log.txt and curves.png."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        c = self.config = config
+        self.variant = get_variant(c.variant)
+        self.out = Path(c.out)
+        self.device = torch.device(c.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
+        self.amp = bool(c.amp) and self.device.type == "cuda"
+        if c.batch_size < 1 or c.eval_every < 1 or c.lr_scale <= 0:
+            raise ConfigError("batch_size and eval_every must be at least 1 and lr_scale positive")
+        if c.resume and c.init_from:
+            raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
+        size = c.imgsz or self.variant.input_size
+        if size % 32:
+            raise ConfigError(f"imgsz must be a multiple of 32, got {size}")
+        self.size = size
+
+        self.train_set = CocoDetection(c.train_images, c.train_json)
+        self.val_set = CocoDetection(c.val_images, c.val_json) if c.val_json else None
+        print(f"train: {self.train_set.report()}")
+        if self.val_set is not None:
+            print(f"val: {self.val_set.report()}")
+            if self.val_set.category_ids != self.train_set.category_ids:
+                raise ConfigError("the validation JSON lists other categories than the training JSON; both "
+                                  "need the same 'categories'")
+
+        base = self.variant.recipe
+        self.epochs = c.epochs or base.epochs
+        self.recipe: TrainRecipe = dataclasses.replace(
+            base, lr=base.lr * c.lr_scale, backbone_lr=base.backbone_lr * c.lr_scale,
+            mosaic_output_size=max(32, round(base.mosaic_output_size * size / self.variant.input_size)))
+        self.policy = AugmentationPolicy(self.recipe, self.epochs)
+        self.samples = EpochSamples(self.train_set, TrainPipeline(self.policy, (size, size)), c.seed)
+        norm = None if self.variant.mean is None else (self.variant.mean, self.variant.std)
+        self.collate = Collate(self.policy, norm, base_size=size, seed=c.seed)
+        self.drop_last = len(self.train_set) >= c.batch_size
+        self.iters_per_epoch = (len(self.train_set) // c.batch_size if self.drop_last
+                                else math.ceil(len(self.train_set) / c.batch_size))
+
+        torch.manual_seed(c.seed)
+        self.model = build_model(self.variant, num_classes=self.train_set.num_classes, input_size=size)
+        if c.init_from:
+            counts = init_from(self.model, c.init_from)
+            print(f"init from {c.init_from}: {counts['loaded']} tensors loaded, {counts['shape_mismatch']} of "
+                  f"another shape, {counts['missing']} missing, {counts['unexpected']} not in this model")
+        self.model.to(self.device).train()
+        self.criterion = DEIMLoss(self.train_set.num_classes, self.recipe)
+        self.optimizer = build_optimizer(self.model, self.variant, self.recipe)
+        self.schedule = FlatCosineSchedule(self.optimizer, self.recipe, self.iters_per_epoch, self.epochs)
+        self.ema = ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmups)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.start_epoch, self.best_ap, self.history = 0, -1.0, []
+        if c.resume:
+            self._resume(c.resume)
+
+    def _resume(self, path: str) -> None:
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if ckpt.get("variant") != self.variant.name or ckpt.get("num_classes") != self.train_set.num_classes:
+            raise ConfigError(f"{path} is a {ckpt.get('variant')} checkpoint with {ckpt.get('num_classes')} classes; "
+                              f"this run is {self.variant.name} with {self.train_set.num_classes}: resume with the "
+                              "same variant and data, or use --init-from")
+        if ckpt["lr_scheduler"]["total"] != self.schedule.total:
+            raise ConfigError(f"{path} was trained with another epochs x batch schedule; resume with the same "
+                              "--epochs and --batch, or use --init-from")
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["lr_scheduler"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.best_ap = float(ckpt.get("best_ap", -1.0))
+        self.history = list(ckpt.get("history", []))
+        print(f"resumed from {path} at epoch {self.start_epoch}")
+
+    def fit(self, until: int | None = None) -> list[dict]:
+        """Train the epochs left (or up to epoch `until`, exclusive, e.g. to stop early); returns the
+        per-epoch log records."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        for epoch in range(self.start_epoch, self.epochs if until is None else min(until, self.epochs)):
+            start = time.perf_counter()
+            record = {"epoch": epoch, **self.train_one_epoch(epoch)}
+            last = epoch == self.epochs - 1
+            if self.val_set is not None and ((epoch + 1) % self.config.eval_every == 0 or last):
+                record.update(evaluate(self.ema.module, self.val_set, self.config.batch_size, self.size,
+                                       self.device))
+            record["time_s"] = round(time.perf_counter() - start, 3)
+            self.history.append(record)
+            self._save(epoch, record)
+            with open(self.out / "log.txt", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if _has_matplotlib():
+                write_curves(self.history, self.out / "curves.png")
+        return self.history
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set; returns the mean losses, the last lr and images/s."""
+        torch.manual_seed(epoch_seed(self.config.seed, epoch))
+        self.samples.set_epoch(epoch)
+        self.collate.set_epoch(epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.samples)).tolist()
+        loader = DataLoader(self.samples, batch_size=self.config.batch_size, sampler=order,
+                            num_workers=self.config.workers, collate_fn=self.collate, drop_last=self.drop_last,
+                            pin_memory=self.device.type == "cuda")
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        images_seen, start = 0, time.perf_counter()
+        with Progress(self.iters_per_epoch, f"epoch {epoch + 1}/{self.epochs}",
+                      every=5.0 if self.config.progress else float("inf")) as bar:
+            for images, targets in loader:
+                losses = self.train_step(images, targets, epoch)
+                for k, v in losses.items():
+                    sums[k] += v
+                images_seen += len(targets)
+                bar.update(note=f"loss {losses['loss']:.3f} lr {self.optimizer.param_groups[-1]['lr']:.2e}")
+        n = max(1, self.iters_per_epoch)
+        record = {k: sums[k] / n for k in ("loss", *LOSS_TERMS) if k in sums}
+        record["lr"] = self.optimizer.param_groups[-1]["lr"]
+        record["images_per_s"] = images_seen / max(time.perf_counter() - start, 1e-9)
+        return record
+
+    def train_step(self, images: Tensor, targets: list[dict], epoch: int) -> dict[str, float]:
+        """Forward, loss, backward, clip, step, EMA update, schedule step; returns the loss terms."""
+        images = images.to(self.device, non_blocking=True)  # [B,3,H,W]
+        targets = _to_device(targets, self.device)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            outputs = self.model(images, targets)
+        with torch.autocast(self.device.type, enabled=False):
+            terms = self.criterion(outputs, targets, epoch)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise DeimEdgeError(f"the training loss is {loss.item()} at epoch {epoch}; lower --lr-scale, try "
+                                "without --amp, or check the boxes of the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.recipe.clip_max_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        self.schedule.step()
+        out = {"loss": loss.item()}
+        for name in LOSS_TERMS:
+            parts = [v for k, v in terms.items() if k == name or k.startswith(name + "_")]
+            if parts:
+                out[name] = float(sum(p.item() for p in parts))
+        return out
+
+    def _save(self, epoch: int, record: dict) -> None:
+        """last.pth every epoch, best.pth when the EMA AP improved (no validation set: no best.pth)."""
+        metrics = {k: record[k] for k in METRICS if k in record}
+        improved = "AP" in metrics and metrics["AP"] > self.best_ap
+        if improved:
+            self.best_ap = metrics["AP"]
+        extra = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.schedule.state_dict(),
+                 "epoch": epoch, "variant": self.variant.name, "num_classes": self.train_set.num_classes,
+                 "class_names": list(self.train_set.class_names), "input_size": [self.size, self.size],
+                 "metrics": metrics, "args": _plain(dataclasses.asdict(self.config)), "best_ap": self.best_ap,
+                 "history": _plain(self.history)}
+        if self.amp:
+            extra["scaler"] = self.scaler.state_dict()
+        save_checkpoint(self.out / "last.pth", self.model, self.ema.module, ema_updates=self.ema.updates, **extra)
+        if improved:
+            save_checkpoint(self.out / "best.pth", self.model, self.ema.module, ema_updates=self.ema.updates, **extra)
+
+
+def _has_matplotlib() -> bool:
+    """True when matplotlib imports; otherwise warns once that curves.png is not drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        warn("curves.png is not drawn: matplotlib is missing (pip install 'deim-edge[train]')")
+        return False
+    return True
+
+
+def write_curves(history: list[dict], path: str | Path) -> Path:
+    """A PNG of the training loss and the validation AP / AP50 per epoch, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    ax_loss, ax_ap = fig.subplots(1, 2)
+    epochs = [r["epoch"] + 1 for r in history]
+    ax_loss.plot(epochs, [r["loss"] for r in history], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch")
+    for key in ("AP", "AP50"):
+        points = [(r["epoch"] + 1, r[key]) for r in history if key in r]
+        if points:
+            ax_ap.plot(*zip(*points), marker="o", label=key)
+    ax_ap.set(title="validation (EMA)", xlabel="epoch", ylim=(0, 1))
+    if ax_ap.lines:
+        ax_ap.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    return Path(path)

@@ -1,0 +1,101 @@
+"""The trainer: a short run from scratch learns, writes loadable checkpoints, log and curves, and a
+resumed run ends with exactly the weights of an uninterrupted one; the CLI runs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deim_edge.models import load_checkpoint
+from deim_edge.training.data import make_synthetic_coco
+from deim_edge.training.trainer import TrainConfig, Trainer
+
+# Atto needs >= 160 px for its 100 queries; lr x3 makes 3 epochs enough for a clear fall of the loss
+EPOCHS, SIZE, BATCH, LR_SCALE = 3, 160, 4, 3.0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_coco(root, num_images=16, image_size=SIZE, seed=0)
+    return root
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(str(data / "train"), str(data / "annotations" / "instances_train.json"), str(data / "val"),
+                       str(data / "annotations" / "instances_val.json"), variant="deimv2-atto", epochs=EPOCHS,
+                       batch_size=BATCH, imgsz=SIZE, lr_scale=LR_SCALE, out=str(out), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, Trainer(config(data, out)).fit()
+
+
+def test_loss_falls(run):
+    _, history = run
+    assert len(history) == EPOCHS
+    first, last = history[0]["loss"], history[-1]["loss"]
+    print(f"training loss: first epoch {first:.3f}, last epoch {last:.3f}")
+    assert last < 0.95 * first
+    assert all("AP50" in r and 0.0 <= r["AP50"] <= 1.0 for r in history)
+
+
+def test_checkpoints_load(run):
+    out, history = run
+    for name in ("best.pth", "last.pth"):
+        ckpt = torch.load(out / name, map_location="cpu", weights_only=True)
+        assert {"model", "ema", "optimizer", "lr_scheduler", "epoch", "variant", "num_classes", "class_names",
+                "input_size", "metrics", "args"} <= set(ckpt)
+        assert set(ckpt["ema"]) == {"module", "updates"} and ckpt["num_classes"] == 4
+        model = load_checkpoint(out / name, "deimv2-atto", input_size=SIZE)
+        assert model.decoder.enc_score_head.weight.shape[0] == 4
+    last = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert last["epoch"] == EPOCHS - 1 and last["ema"]["updates"] == EPOCHS * 3  # 13 train images, batch 4
+    lines = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(EPOCHS))
+
+
+def test_curves_png(run):
+    out, _ = run
+    data = (out / "curves.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_resume_is_exact(data, run, tmp_path):
+    full_out, _ = run
+    Trainer(config(data, tmp_path)).fit(until=1)  # "killed" after the first epoch
+    resumed = Trainer(config(data, tmp_path, resume=str(tmp_path / "last.pth")))
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    a = torch.load(full_out / "last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    for part in ("model",):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] and a["lr_scheduler"] == b["lr_scheduler"]
+
+
+def test_init_from_other_variant(run, data, tmp_path, capsys):
+    out, _ = run
+    trainer = Trainer(TrainConfig(str(data / "train"), str(data / "annotations" / "instances_train.json"),
+                                  variant="deimv2-femto", epochs=1, imgsz=192, out=str(tmp_path),
+                                  init_from=str(out / "last.pth"), progress=False))
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("init from"))
+    loaded = int(line.split(": ")[1].split()[0])
+    assert 0 < loaded < len(trainer.model.state_dict())
+
+
+def test_cli(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "deim_edge.train", "--variant", "deimv2-atto", "--data", str(data),
+                             "--epochs", "1", "--batch", str(BATCH), "--imgsz", str(SIZE), "--workers", "0",
+                             "--out", str(tmp_path / "cli"), "--no-progress"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "done: 1 epochs" in result.stdout
+    assert (tmp_path / "cli" / "last.pth").is_file() and (tmp_path / "cli" / "log.txt").is_file()
