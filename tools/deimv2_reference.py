@@ -7,10 +7,12 @@ stand-in for the few torchvision pieces that code imports (torchvision has no CP
 
 from __future__ import annotations
 
+import argparse
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -135,3 +137,18 @@ def build_reference(checkout: str | Path, variant: str, input_size: int | None =
         sys.stdout = stdout
         devnull.close()
     return model
+
+
+def per_case_main(doc: str, cases: list[tuple[str, int]], run_case) -> None:
+    """The command line of the vector tools: `--deimv2 CHECKOUT` runs `run_case(checkout, variant, size)`
+    for every case, each in its own process (the public config system keeps state between builds)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deimv2", required=True, help="checkout of Intellindust-AI-Lab/DEIMv2")
+    parser.add_argument("--case", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        run_case(args.deimv2, args.case[0], int(args.case[1]))
+        return
+    for variant, size in cases:
+        subprocess.run([sys.executable, sys.argv[0], "--deimv2", args.deimv2, "--case", variant, str(size)],
+                       check=True)

@@ -10,10 +10,8 @@ tests rebuild the same outputs with deim_edge and compare their DEIMLoss to the 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from deim_edge.fileio import atomic_path
+from deimv2_reference import per_case_main  # tools/, beside this script
 from deim_edge.variants import get_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,17 +74,5 @@ def run_case(checkout: str, variant: str, size: int) -> None:
     print(f"{variant}: {len(arrays)} losses at epochs {epochs}", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deimv2", required=True, help="checkout of Intellindust-AI-Lab/DEIMv2")
-    parser.add_argument("--case", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        run_case(args.deimv2, args.case[0], int(args.case[1]))
-        return
-    for variant, size in CASES:
-        subprocess.run([sys.executable, __file__, "--deimv2", args.deimv2, "--case", variant, str(size)], check=True)
-
-
 if __name__ == "__main__":
-    main()
+    per_case_main(__doc__, CASES, run_case)

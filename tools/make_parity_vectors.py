@@ -8,8 +8,6 @@ weights come from tests/parity_weights.py, so the tests rebuild them without the
 
 from __future__ import annotations
 
-import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from deim_edge.fileio import atomic_path
+from deimv2_reference import per_case_main  # tools/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "parity"
@@ -46,17 +45,5 @@ def run_case(checkout: str, variant: str, size: int) -> None:
     print(f"{variant} @ {size}: logits {tuple(out['pred_logits'].shape)}", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deimv2", required=True, help="checkout of Intellindust-AI-Lab/DEIMv2")
-    parser.add_argument("--case", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        run_case(args.deimv2, args.case[0], int(args.case[1]))
-        return
-    for variant, size in CASES:
-        subprocess.run([sys.executable, __file__, "--deimv2", args.deimv2, "--case", variant, str(size)], check=True)
-
-
 if __name__ == "__main__":
-    main()
+    per_case_main(__doc__, CASES, run_case)
