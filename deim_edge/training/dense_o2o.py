@@ -283,6 +283,10 @@ class TrainPipeline:
         self.tail = Compose([SanitizeBoundingBoxes(r.min_box_size), RandomHorizontalFlip(),
                              Resize(size), SanitizeBoundingBoxes(r.min_box_size)])
 
+    def reset(self) -> None:
+        """Forget the mosaic partners cached so far (at an epoch start, so a resumed run repeats it exactly)."""
+        self.mosaic.cache.clear()
+
     def __call__(self, image: np.ndarray, target: Target, epoch: int, rng: np.random.Generator):
         active = self.policy.at(epoch)
         with_mosaic = active.mosaic and rng.random() <= self.policy.recipe.mosaic_prob

@@ -74,7 +74,7 @@ class EpochSamples(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        self.pipeline.mosaic.cache.clear()  # mosaic partners come from this epoch only: resume stays exact
+        self.pipeline.reset()  # mosaic partners come from this epoch only: resume stays exact
 
     def __len__(self) -> int:
         return len(self.dataset)
