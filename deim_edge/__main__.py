@@ -48,7 +48,8 @@ def info(args: argparse.Namespace) -> None:
     print(f"{v.name}  ({source})")
     print(f"  backbone   {v.backbone.name}, taps {list(v.backbone.taps)}")
     print(f"  encoder    {v.encoder.kind} (hidden {v.encoder.hidden_dim})")
-    print(f"  decoder    {v.decoder.num_layers} layers, {v.decoder.num_queries} queries, points {list(v.decoder.num_points)}")
+    print(f"  decoder    {v.decoder.num_layers} layers, {v.decoder.num_queries} queries, "
+          f"points {list(v.decoder.num_points)}")
     print(f"  input      {size}x{size} RGB, {norm}")
     print(f"  params     train {train_params:,} (official {v.published.params_train:,}), "
           f"deploy {deploy_params:,} (official {v.published.params_deploy:,})")

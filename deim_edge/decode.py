@@ -62,6 +62,7 @@ def cxcywh_to_xyxy(boxes: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     np.add(center, half, out=out[..., 2:])
     return out
 
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     out = np.negative(x)
     with np.errstate(over="ignore"):  # exp(-x) = inf for x < -88: the score is 0

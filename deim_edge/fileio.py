@@ -15,7 +15,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     onto `dest`, on failure remove it. The file gets the usual permissions of new files."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")  # suffix kept for writers that need it
+    # the suffix is kept for writers that choose the format by it (cv2.VideoWriter, ...)
+    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")
     try:
         yield tmp
         os.replace(tmp, dest)

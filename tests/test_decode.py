@@ -130,6 +130,7 @@ def test_tie_order_equals_onnx_runtime_topk():
         np.testing.assert_array_equal(labels[0], index[0] % 80)
         np.testing.assert_array_equal(xyxy[0, :, 0], index[0] // 80)
 
+
 def test_very_negative_logits_give_zero_scores_without_warnings():
     logits = np.full((1, 2, 2), -1000.0, np.float32)
     logits[0, 1, 1] = 0.0

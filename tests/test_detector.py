@@ -111,7 +111,8 @@ def test_official_onnx_files_run_unchanged(artifacts, tmp_path: Path):
     model = build_model("deimv2-atto" if size == 320 else "deimv2-pico", input_size=size)
     model.load_state_dict(artifacts["model"].state_dict())
     torch.onnx.export(OfficialExport(model.deploy()), (torch.rand(1, 3, size, size), torch.tensor([[size, size]])),
-                      str(path), input_names=["images", "orig_target_sizes"], output_names=["labels", "boxes", "scores"],
+                      str(path), input_names=["images", "orig_target_sizes"],
+                      output_names=["labels", "boxes", "scores"],
                       dynamic_axes={"images": {0: "N"}, "orig_target_sizes": {0: "N"}}, opset_version=17, dynamo=False)
     official = Detector(path, conf=0.0)
     assert official.metadata.output == OFFICIAL and official.metadata.resize == "letterbox"
@@ -196,6 +197,6 @@ def test_predict_command_writes_annotated_images_video_and_json(artifacts, tmp_p
     frames = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(frames.get(cv2.CAP_PROP_FRAME_COUNT)) == len(PHOTOS) * 2
     assert len(records[str(video)]) == len(PHOTOS) * 2
-    bad = subprocess.run([sys.executable, "-m", "deim_edge", "predict", str(artifacts["graph"]), str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "deim_edge", "predict", str(artifacts["graph"]),
+                          str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr

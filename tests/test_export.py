@@ -198,4 +198,3 @@ def test_verification_forgives_reordered_ties_but_not_wrong_outputs() -> None:
     assert onnx_target._agreeing_rows(shifted[0], rows[0], key) == 0.0
     relabeled = onnx_target._rows([scores, (labels + 1) % 80, boxes])
     assert onnx_target._agreeing_rows(relabeled[0], rows[0], key) == 0.0
-

@@ -15,7 +15,7 @@ from parity_weights import fill_parity_weights, parity_input
 
 from deim_edge import VARIANTS, CheckpointError, DeimEdgeError, InputSizeError, UnknownVariantError, get_variant
 from deim_edge.models import (build_model, flops, load_checkpoint, load_pretrained_backbone, read_state_dict,
-                               save_checkpoint)
+                              save_checkpoint)
 
 NAMES = list(VARIANTS)
 PARITY_FILES = sorted((DATA / "parity").glob("*.npz"))

@@ -14,5 +14,5 @@ from .deimv2 import DEIMv2, build_model
 from .flops import flops, num_params
 from .pretrained import PretrainedReport, load_pretrained_backbone
 
-__all__ = ["DEIMv2", "PretrainedReport", "build_model", "flops", "num_params", "load_checkpoint", "load_pretrained_backbone", "read_state_dict",
-           "save_checkpoint"]
+__all__ = ["DEIMv2", "PretrainedReport", "build_model", "flops", "load_checkpoint", "load_pretrained_backbone",
+           "num_params", "read_state_dict", "save_checkpoint"]

@@ -30,6 +30,7 @@ from torch import nn
 from ..variants import TrainRecipe, Variant, get_variant
 from .ema import unwrap_model
 
+
 def _has_any(name: str, words: tuple[str, ...]) -> bool:
     return any(w in name for w in words)
 
