@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, ImageError
+from .metadata import RESIZE_MODES
 
-RESIZE_MODES = ("stretch", "letterbox")
 LAYOUTS = ("NCHW", "NHWC")
 COLOR_ORDERS = ("BGR", "RGB")
 
