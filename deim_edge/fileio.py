@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -22,3 +23,33 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
+    """Like atomic_path, for artifacts that are several files (model.xml + model.bin) or a folder
+    (model.mlpackage): yield `dest`'s name inside a fresh staging folder beside it; the writer puts
+    there whatever it makes. On success every entry is renamed into dest's folder (companions first,
+    the entry named like dest last, a folder replacing the old one); on failure the staging folder
+    is removed, so no half-written artifact is ever visible."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.staging"
+    staging.mkdir()
+    try:
+        yield staging / dest.name
+        for entry in sorted(staging.iterdir(), key=lambda p: p.name == dest.name):
+            _replace(entry, dest.parent / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """os.replace that also replaces an existing folder (moved aside, then removed)."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.old")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

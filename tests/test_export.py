@@ -120,7 +120,7 @@ def test_raw_dynamic_batch_agrees_with_torch_and_topk(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--target", "tflite"], "unknown export target 'tflite'; choose one of: onnx"),
+    (["--target", "tflite-int4"], "unknown export target 'tflite-int4'; choose one of: onnx, openvino"),
     (["--imgsz", "300"], "not a multiple of 32"),
     (["--imgsz", "320", "--max-det", "0"], "max_det must be at least 1"),
     (["--checkpoint", "{tmp}/missing.pth"], "checkpoint not found"),

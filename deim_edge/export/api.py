@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import ConfigError, ExportError
-from ..fileio import atomic_path
+from ..fileio import staged_output
 from ..metadata import COCO_CLASSES, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
 from ..progress import reporting, step, warn
@@ -54,16 +54,26 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         # TOPK keeps max_det, or every query-class pair when there are fewer
         k = min(int(max_det), v.decoder.num_queries * num_classes) if layout == TOPK else int(max_det)
         metadata = ArtifactMetadata.for_variant(v, input_size=model.input_size, class_names=names, output=layout,
-                                                batch=batch_size, precision="fp32").with_(max_det=k)
+                                                batch=batch_size, precision=tgt.precision).with_(max_det=k)
         path = _out_path(out, source, v, tgt.suffix)
         step(f"exporting to {tgt.name}: {path}")
         try:
-            with atomic_path(path) as tmp:
-                tgt.export(model, metadata, tmp, target_options)
+            with staged_output(path) as tmp:
+                written = path.parent / tgt.export(model, metadata, tmp, target_options).name
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e}") from e
-        step(f"done: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return path
+        step(f"done: {written} ({_size_mb(written):.1f} MB)")
+    return written
+
+
+def _size_mb(path: Path) -> float:
+    """The size of an artifact: a file, a folder (an .mlpackage, a TensorRT bundle), or an OpenVINO .xml
+    with its .bin."""
+    if path.is_dir():
+        files = list(path.rglob("*"))
+    else:
+        files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
 
 
 def _layout(decode: str) -> str:

@@ -34,7 +34,17 @@ VERIFY_MIN_AGREEMENT = 0.9  # near-ties may swap a few rows; a wrong graph agree
 def export_onnx(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
     """Write `model` (deployed) to `out_path` as ONNX with `metadata` embedded; options: opset,
     simplify, verify."""
-    opset = int(options["opset"])
+    proto = build_onnx(model, metadata, int(options["opset"]), bool(options["simplify"]), bool(options["verify"]))
+    step(f"writing {metadata.output} ONNX, {len(proto.graph.node)} nodes")
+    onnx.save(proto, str(out_path))
+    return out_path
+
+
+def build_onnx(model: nn.Module, metadata: ArtifactMetadata, opset: int = 17, simplify: bool = True,
+               verify: bool = True) -> onnx.ModelProto:
+    """The ONNX graph of `model` (deployed) in the metadata's layout, batch and size, with the metadata
+    embedded: traced, simplified, checked and (verify) compared with PyTorch in ONNX Runtime. The
+    other targets convert from this graph."""
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is not supported; use {OPSETS.start} to {OPSETS.stop - 1} "
                           f"(GridSample needs 16, the TorchScript exporter stops at {OPSETS.stop - 1})")
@@ -46,7 +56,7 @@ def export_onnx(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, op
 
     step(f"tracing ({metadata.output} outputs, opset {opset}, batch {metadata.batch or 'dynamic'})")
     proto = _trace(module, images, opset, dynamic=metadata.batch is None)
-    if options["simplify"]:
+    if simplify:
         proto = _simplify(proto)
     _embed(proto, metadata)
     step("checking")
@@ -54,11 +64,9 @@ def export_onnx(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, op
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
-    if options["verify"]:
+    if verify:
         _verify(proto, images.numpy(), expected)
-    step(f"writing {metadata.output} ONNX, {len(proto.graph.node)} nodes")
-    onnx.save(proto, str(out_path))
-    return out_path
+    return proto
 
 
 def _trace(module: nn.Module, images: torch.Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:

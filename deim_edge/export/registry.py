@@ -31,6 +31,7 @@ class Target:
     requires: tuple[str, ...]  # importable modules the export needs (torch included)
     entry: str  # "module:function" of the ExportFn
     options: Mapping[str, Any] = field(default_factory=dict)  # target-specific options and their defaults
+    precision: str = "fp32"  # of the artifact's weights and compute, recorded in its metadata
     description: str = ""
 
     def missing(self) -> list[str]:
@@ -55,7 +56,9 @@ class Target:
                                          f"pip install 'deim-edge[{extras}]'")
 
     def export(self, model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
-        """Write the artifact of a deployed `model` to `out_path`."""
+        """Write the artifact of a deployed `model` to `out_path` (inside a staging folder, see
+        fileio.staged_output); returns what was written: out_path, or another name in its folder
+        (the TensorRT bundle written where no engine can be built)."""
         self.require()
         module, function = self.entry.split(":")
         fn: ExportFn = getattr(importlib.import_module(module), function)
@@ -91,3 +94,33 @@ register(Target(
     entry="deim_edge.export.onnx:export_onnx", options={"opset": 17, "simplify": True, "verify": True},
     description="ONNX, float32 (ONNX Runtime, and the input of the TensorRT, OpenVINO and TFLite targets)",
 ))
+
+ONNX_OPTIONS = {"opset": 17, "simplify": True}  # of the ONNX graph the converters below start from
+for _precision, _suffix in (("fp32", ""), ("fp16", "-fp16")):
+    register(Target(
+        name=f"openvino{_suffix}", suffix=".xml", extra="openvino", requires=("torch", "onnx", "openvino"),
+        entry="deim_edge.export.openvino:export_openvino", options=ONNX_OPTIONS, precision=_precision,
+        description=f"OpenVINO IR (.xml + .bin), {_precision} weights (Intel CPU, GPU, NPU)",
+    ))
+for _precision, _suffix in (("fp32", ""), ("fp16", "-fp16")):
+    register(Target(
+        name=f"tflite{_suffix}", suffix=".tflite", extra="tflite", requires=("torch", "onnx", "onnx2tf", "tensorflow"),
+        entry="deim_edge.export.tflite:export_tflite", options=ONNX_OPTIONS, precision=_precision,
+        description=f"TFLite / LiteRT flatbuffer, {_precision} (Android, Raspberry Pi, microcontrollers)",
+    ))
+for _precision, _suffix in (("fp16", ""), ("fp32", "-fp32")):
+    register(Target(
+        name=f"coreml{_suffix}", suffix=".mlpackage", extra="coreml", requires=("torch", "coremltools"),
+        entry="deim_edge.export.coreml:export_coreml", options={"minimum_deployment_target": "iOS16"},
+        precision=_precision,
+        description=f"CoreML ML program (.mlpackage), {_precision} (iPhone, iPad, Mac)",
+    ))
+for _precision in ("fp32", "fp16"):
+    register(Target(
+        name=f"trt-{_precision}", suffix=".engine", extra="tensorrt", requires=("torch", "onnx"),
+        entry="deim_edge.export.tensorrt:export_tensorrt",
+        options={"workspace_gb": 4.0, "dla_core": None, "max_batch": None, "timing_cache": None},
+        precision=_precision,
+        description=f"TensorRT engine, {_precision} (Jetson, T4); without tensorrt + a CUDA GPU, a bundle "
+                    f"to build it on the device",
+    ))

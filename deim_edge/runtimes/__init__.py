@@ -31,10 +31,16 @@ class Runtime(Protocol):
 # runtime name -> (module, class); the module imports its engine lazily and names its extra.
 RUNTIMES = {
     "onnxruntime": ("deim_edge.runtimes.onnxruntime", "OnnxRuntime"),
+    "openvino": ("deim_edge.runtimes.openvino", "OpenVinoRuntime"),
+    "tflite": ("deim_edge.runtimes.tflite", "TfliteRuntime"),
+    "coreml": ("deim_edge.runtimes.coreml", "CoremlRuntime"),
+    "tensorrt": ("deim_edge.runtimes.tensorrt", "TensorrtRuntime"),
     "torch": ("deim_edge.runtimes.torch", "TorchRuntime"),
 }
-ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "pytorch": "torch", "pth": "torch"}
-SUFFIXES = {".onnx": "onnxruntime", ".pth": "torch", ".pt": "torch"}
+ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "litert": "tflite", "trt": "tensorrt",
+           "pytorch": "torch", "pth": "torch"}
+SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite", ".mlpackage": "coreml",
+            ".mlmodel": "coreml", ".engine": "tensorrt", ".plan": "tensorrt", ".pth": "torch", ".pt": "torch"}
 
 
 def runtime_for(path: str | Path, backend: str | None = None) -> str:
