@@ -3,6 +3,9 @@
 DATA is a folder in COCO layout (annotations/instances_train.json with train/ images, and optionally
 annotations/instances_val.json with val/), `synthetic` to generate the synthetic shapes set into the
 output folder first, or left out with --train-json/--train-images (and --val-json/--val-images) given.
+
+Several processes (GPUs, or CPU processes with gloo): torchrun --nproc_per_node N -m deim_edge.train ...
+with --batch the global batch (split evenly over the processes).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=1, help="evaluate the EMA model every N epochs")
     p.add_argument("--resume", help="last.pth of an interrupted run: continue it")
     p.add_argument("--init-from", help="a checkpoint of any size or variant: start from its matching tensors")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (CUDA and CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     return p.parse_args(argv)
 
@@ -64,6 +69,7 @@ def data_paths(args: argparse.Namespace) -> tuple[str, str, str | None, str | No
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        from .training.distributed import teardown
         from .training.trainer import TrainConfig, Trainer
 
         train_images, train_json, val_images, val_json = data_paths(args)
@@ -71,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                              epochs=args.epochs, batch_size=args.batch, imgsz=args.imgsz, lr_scale=args.lr_scale,
                              device=args.device, amp=args.amp, workers=args.workers, seed=args.seed, out=args.out,
                              eval_every=args.eval_every, resume=args.resume, init_from=args.init_from,
-                             progress=not args.no_progress)
-        history = Trainer(config).fit()
+                             progress=not args.no_progress, sync_bn=args.sync_bn)
+        trainer = Trainer(config)
+        history = trainer.fit()
+        teardown()
     except DeimEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if history:
+    if history and trainer.dist.main:
         last = history[-1]
         ap = f", AP {last['AP']:.3f}, AP50 {last['AP50']:.3f}" if "AP" in last else ""
         print(f"done: {len(history)} epochs, last loss {last['loss']:.3f}{ap}; checkpoints in {args.out}")

@@ -1,5 +1,6 @@
 """Contrastive denoising queries for DETR training: noised copies of the ground truth."""
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
@@ -25,12 +26,13 @@ def make_denoising_group(
     dn_meta with 'dn_positive_idx', 'dn_num_group' and 'dn_num_split' = [D, Q]), D = 2 * M * groups.
     """
     num_gts = [len(t["labels"]) for t in targets]
-    max_gt = max(num_gts, default=0)
+    device = class_embed.weight.device
+    bs = len(targets)
+    max_gt, first, total = _global_batch(bs, max(num_gts, default=0), device)
     if num_denoising <= 0 or max_gt == 0:
         return None
-    device = targets[0]["labels"].device
     num_group = max(num_denoising // max_gt, 1)
-    bs = len(targets)
+    rows = slice(first, first + bs)  # noise is drawn for the global batch: DDP draws what one process would
 
     labels = torch.full([bs, max_gt], num_classes, dtype=torch.int32, device=device)
     boxes = torch.zeros([bs, max_gt, 4], device=device)
@@ -51,15 +53,15 @@ def make_denoising_group(
     num_dn = 2 * max_gt * num_group
 
     if label_noise_ratio > 0:
-        flip = torch.rand_like(labels, dtype=torch.float) < label_noise_ratio * 0.5
-        new_labels = torch.randint_like(flip, 0, num_classes, dtype=labels.dtype)
+        flip = torch.rand([total, *labels.shape[1:]], device=device)[rows] < label_noise_ratio * 0.5
+        new_labels = torch.randint(0, num_classes, [total, *labels.shape[1:]], dtype=labels.dtype, device=device)[rows]
         labels = torch.where(flip & pad_mask, new_labels, labels)
 
     if box_noise_scale > 0:
         corners = box_cxcywh_to_xyxy(boxes)
         max_shift = torch.tile(boxes[..., 2:] * 0.5, [1, 1, 2]) * box_noise_scale
-        sign = torch.randint_like(boxes, 0, 2) * 2.0 - 1.0
-        magnitude = torch.rand_like(boxes)
+        sign = torch.randint(0, 2, [total, *boxes.shape[1:]], dtype=boxes.dtype, device=device)[rows] * 2.0 - 1.0
+        magnitude = torch.rand([total, *boxes.shape[1:]], dtype=boxes.dtype, device=device)[rows]
         magnitude = (magnitude + 1.0) * negative + magnitude * (1 - negative)
         corners = (corners + sign * magnitude * max_shift).clip(min=0.0, max=1.0)
         boxes = box_xyxy_to_cxcywh(corners).abs()
@@ -74,3 +76,14 @@ def make_denoising_group(
 
     dn_meta = {"dn_positive_idx": positive_idx, "dn_num_group": num_group, "dn_num_split": [num_dn, num_queries]}
     return content, boxes_unact, attn_mask, dn_meta
+
+
+def _global_batch(bs: int, max_gt: int, device: torch.device) -> tuple[int, int, int]:
+    """(the most targets of any image in the global batch, this process's first row in it, its size).
+    Under DistributedDataParallel every process pads to the same maximum and draws the noise of the
+    whole batch, so N processes build exactly the queries one process would (equal per-process batches)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return max_gt, 0, bs
+    most = torch.tensor([max_gt], device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item()), dist.get_rank() * bs, bs * dist.get_world_size()

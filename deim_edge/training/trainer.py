@@ -31,6 +31,7 @@ from .collate import Collate
 from .criterion import DEIMLoss
 from .data.coco import CocoDetection
 from .dense_o2o import AugmentationPolicy, TrainPipeline
+from .distributed import convert_sync_batchnorm, rank_order, setup
 from .ema import ModelEMA
 from .evaluate import METRICS, evaluate
 from .optim import build_optimizer
@@ -61,6 +62,7 @@ class TrainConfig:
     resume: str | None = None
     init_from: str | None = None
     progress: bool = True
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
 
 
 class EpochSamples(Dataset):
@@ -122,7 +124,8 @@ class Trainer:
         c = self.config = config
         self.variant = get_variant(c.variant)
         self.out = Path(c.out)
-        self.device = torch.device(c.device)
+        self.dist, device = setup(c.device)  # one process, or this one of torchrun's
+        self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
         self.amp = bool(c.amp) and self.device.type == "cuda"
@@ -137,9 +140,9 @@ class Trainer:
 
         self.train_set = CocoDetection(c.train_images, c.train_json)
         self.val_set = CocoDetection(c.val_images, c.val_json) if c.val_json else None
-        print(f"train: {self.train_set.report()}")
+        self.log(f"train: {self.train_set.report()}")
         if self.val_set is not None:
-            print(f"val: {self.val_set.report()}")
+            self.log(f"val: {self.val_set.report()}")
             if self.val_set.category_ids != self.train_set.category_ids:
                 raise ConfigError("the validation JSON lists other categories than the training JSON; both "
                                   "need the same 'categories'")
@@ -153,6 +156,8 @@ class Trainer:
         self.samples = EpochSamples(self.train_set, TrainPipeline(self.policy, (size, size)), c.seed)
         norm = None if self.variant.mean is None else (self.variant.mean, self.variant.std)
         self.collate = Collate(self.policy, norm, base_size=size, seed=c.seed)
+        if self.dist.enabled and len(self.train_set) < c.batch_size:
+            raise ConfigError(f"{len(self.train_set)} training images are fewer than one global batch ({c.batch_size})")
         self.drop_last = len(self.train_set) >= c.batch_size
         self.iters_per_epoch = (len(self.train_set) // c.batch_size if self.drop_last
                                 else math.ceil(len(self.train_set) / c.batch_size))
@@ -161,9 +166,16 @@ class Trainer:
         self.model = build_model(self.variant, num_classes=self.train_set.num_classes, input_size=size)
         if c.init_from:
             counts = init_from(self.model, c.init_from)
-            print(f"init from {c.init_from}: {counts['loaded']} tensors loaded, {counts['shape_mismatch']} of "
-                  f"another shape, {counts['missing']} missing, {counts['unexpected']} not in this model")
+            self.log(f"init from {c.init_from}: {counts['loaded']} tensors loaded, {counts['shape_mismatch']} of "
+                     f"another shape, {counts['missing']} missing, {counts['unexpected']} not in this model")
         self.model.to(self.device).train()
+        if c.sync_bn and self.dist.enabled:
+            convert_sync_batchnorm(self.model, self.device)
+        self.net: nn.Module = self.model  # what the training step calls: the model, or its DDP wrapper
+        if self.dist.enabled:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)  # some heads sit out some steps (e.g. no denoising targets)
         self.criterion = DEIMLoss(self.train_set.num_classes, self.recipe)
         self.optimizer = build_optimizer(self.model, self.variant, self.recipe)
         self.schedule = FlatCosineSchedule(self.optimizer, self.recipe, self.iters_per_epoch, self.epochs)
@@ -191,16 +203,25 @@ class Trainer:
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.best_ap = float(ckpt.get("best_ap", -1.0))
         self.history = list(ckpt.get("history", []))
-        print(f"resumed from {path} at epoch {self.start_epoch}")
+        self.log(f"resumed from {path} at epoch {self.start_epoch}")
+
+    def log(self, line: str) -> None:
+        """Print on the main process only."""
+        if self.dist.main:
+            print(line)
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train the epochs left (or up to epoch `until`, exclusive, e.g. to stop early); returns the
         per-epoch log records."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         for epoch in range(self.start_epoch, self.epochs if until is None else min(until, self.epochs)):
             start = time.perf_counter()
             record = {"epoch": epoch, **self.train_one_epoch(epoch)}
             last = epoch == self.epochs - 1
+            if not self.dist.main:  # the main process evaluates and writes; the others go on and wait for it
+                self.history.append(record)
+                continue
             if self.val_set is not None and ((epoch + 1) % self.config.eval_every == 0 or last):
                 record.update(evaluate(self.ema.module, self.val_set, self.config.batch_size, self.size,
                                        self.device))
@@ -219,22 +240,30 @@ class Trainer:
         self.samples.set_epoch(epoch)
         self.collate.set_epoch(epoch)
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.samples)).tolist()
-        loader = DataLoader(self.samples, batch_size=self.config.batch_size, sampler=order,
+        batch_size = self.config.batch_size
+        if self.dist.enabled:  # this process's share of every global batch
+            order, batch_size = rank_order(order, batch_size, self.dist), batch_size // self.dist.world_size
+        loader = DataLoader(self.samples, batch_size=batch_size, sampler=order,
                             num_workers=self.config.workers, collate_fn=self.collate, drop_last=self.drop_last,
                             pin_memory=self.device.type == "cuda")
         self.model.train()
         sums: dict[str, float] = defaultdict(float)
         images_seen, start = 0, time.perf_counter()
         with Progress(self.iters_per_epoch, f"epoch {epoch + 1}/{self.epochs}",
-                      every=5.0 if self.config.progress else float("inf")) as bar:
+                      every=5.0 if self.config.progress and self.dist.main else float("inf")) as bar:
             for images, targets in loader:
                 losses = self.train_step(images, targets, epoch)
                 for k, v in losses.items():
                     sums[k] += v
-                images_seen += len(targets)
+                images_seen += len(targets) * self.dist.world_size
                 bar.update(note=f"loss {losses['loss']:.3f} lr {self.optimizer.param_groups[-1]['lr']:.2e}")
         n = max(1, self.iters_per_epoch)
         record = {k: sums[k] / n for k in ("loss", *LOSS_TERMS) if k in sums}
+        if self.dist.enabled:  # the loss of the global batch: the mean of the processes' losses
+            names = sorted(record)
+            means = torch.tensor([record[k] for k in names], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(means)
+            record = dict(zip(names, (means / self.dist.world_size).tolist()))
         record["lr"] = self.optimizer.param_groups[-1]["lr"]
         record["images_per_s"] = images_seen / max(time.perf_counter() - start, 1e-9)
         return record
@@ -244,7 +273,7 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)  # [B,3,H,W]
         targets = _to_device(targets, self.device)
         with torch.autocast(self.device.type, enabled=self.amp):
-            outputs = self.model(images, targets)
+            outputs = self.net(images, targets)
         with torch.autocast(self.device.type, enabled=False):
             terms = self.criterion(outputs, targets, epoch)
         loss = sum(terms.values())
