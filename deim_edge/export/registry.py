@@ -95,7 +95,7 @@ register(Target(
     description="ONNX, float32 (ONNX Runtime, and the input of the TensorRT, OpenVINO and TFLite targets)",
 ))
 
-ONNX_OPTIONS = {"opset": 17, "simplify": True}  # of the ONNX graph the converters below start from
+ONNX_OPTIONS = {"opset": 17, "simplify": True, "verify": True}  # of the ONNX graph the converters below start from
 for _precision, _suffix in (("fp32", ""), ("fp16", "-fp16")):
     register(Target(
         name=f"openvino{_suffix}", suffix=".xml", extra="openvino", requires=("torch", "onnx", "openvino"),
