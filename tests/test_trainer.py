@@ -80,6 +80,32 @@ def test_resume_is_exact(data, run, tmp_path):
     assert a["ema"]["updates"] == b["ema"]["updates"] and a["lr_scheduler"] == b["lr_scheduler"]
 
 
+def test_resume_after_a_kill_mid_epoch_is_exact(data, tmp_path):
+    trainer = Trainer(config(data, tmp_path))
+    steps = []
+
+    def dies_in_epoch_2(images, targets, epoch):  # the process is killed during the second epoch
+        steps.append(epoch)
+        if epoch == 1 and steps.count(1) == 2:
+            raise KeyboardInterrupt
+        return Trainer.train_step(trainer, images, targets, epoch)
+
+    trainer.train_step = dies_in_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 0  # the last whole epoch, intact
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    resumed = Trainer(config(data, tmp_path, resume=str(tmp_path / "last.pth")))
+    resumed.fit(until=2)
+    a = torch.load(tmp_path / "last.pth", weights_only=True)
+    full = Trainer(config(data, tmp_path / "again"))
+    full.fit(until=2)
+    b = torch.load(tmp_path / "again" / "last.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+
+
 def test_init_from_other_variant(run, data, tmp_path, capsys):
     out, _ = run
     trainer = Trainer(TrainConfig(str(data / "train"), str(data / "annotations" / "instances_train.json"),
