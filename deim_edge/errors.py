@@ -40,6 +40,10 @@ class ModelFileError(DeimEdgeError):
     """A model file that is missing, corrupt, not a model, or of an unsupported kind."""
 
 
+class CudaUnavailableError(DeimEdgeError):
+    """No usable CUDA GPU (no NVIDIA driver, no device, or the device index out of range)."""
+
+
 class ImageError(DeimEdgeError, ValueError):
     """An image input that cannot be read or used (not an image, empty, wrong shape or type)."""
 

@@ -1,14 +1,18 @@
-"""Command line: `python -m deim_edge.export --checkpoint CKPT [--target onnx] ...`; see --help."""
+"""Command line: `python -m deim_edge.export --checkpoint CKPT [--target onnx] ...`, and
+`python -m deim_edge.export --build-engine BUNDLE` on a TensorRT device; see --help."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
-from ..errors import DeimEdgeError
+from ..errors import ConfigError, DeimEdgeError
 from ..metadata import COCO_CLASSES
+from ..progress import reporting
 from .api import DECODES, export
 from .registry import targets
 
@@ -33,17 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one name per line, or a JSON list (default: the {len(COCO_CLASSES)} COCO classes)")
     p.add_argument("--no-simplify", action="store_true", help="keep the graph as traced (no onnxslim/onnxsim)")
     p.add_argument("--no-verify", action="store_true", help="skip running the artifact against PyTorch")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a target option, e.g. minimum_deployment_target=iOS17, workspace_gb=2, dla_core=0 "
+                        "(values read as JSON when they parse, else as text; see --list-targets)")
     p.add_argument("--list-targets", action="store_true", help="list the targets and whether they can run here")
+    p.add_argument("--build-engine", metavar="BUNDLE",
+                   help="on the TensorRT device: build the engine of a bundle (<name>.trt, written by a trt-* export "
+                        "where TensorRT or a GPU was missing); writes <name>.engine beside it, or --out")
     return p
 
 
 def list_targets() -> None:
     """One line per target: name, suffix, extra, whether its dependencies are installed."""
-    print(f"{'target':<14}{'suffix':<10}{'extra':<10}{'installed':<28}description")
+    print(f"{'target':<14}{'suffix':<12}{'extra':<10}{'installed':<28}description")
     for t in targets():
         missing = t.missing()
         state = "yes" if not missing else f"no (missing {', '.join(missing)})"
-        print(f"{t.name:<14}{t.suffix:<10}{t.extra:<10}{state:<28}{t.description}")
+        print(f"{t.name:<14}{t.suffix:<12}{t.extra:<10}{state:<28}{t.description}")
+        print(f"{'':<14}options: {', '.join(f'{k}={v}' for k, v in t.options.items()) or 'none'}")
 
 
 def _target_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,6 +66,14 @@ def _target_options(args: argparse.Namespace) -> dict[str, Any]:
         options["simplify"] = False
     if args.no_verify:
         options["verify"] = False
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
     return options
 
 
@@ -67,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_targets:
         list_targets()
         return 0
+    if args.build_engine:
+        return build_engine(args.build_engine, args.out)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -74,6 +95,24 @@ def main(argv: list[str] | None = None) -> int:
                           decode=args.decode, max_det=args.max_det, batch=args.batch,
                           dynamic_batch=args.dynamic_batch, class_names=args.class_names, progress=True,
                           **_target_options(args))
+    except DeimEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(path)
+    return 0
+
+
+def build_engine(bundle: str, out: str | None = None) -> int:
+    """--build-engine: the bundle's engine built here with the TensorRT Python API; the exit status."""
+    from ..runtimes.tensorrt import build_bundle  # no torch: this runs on the device
+
+    try:
+        with warnings.catch_warnings(), reporting():
+            warnings.showwarning = _show_warning
+            path = build_bundle(Path(bundle), Path(out) if out else None)
     except DeimEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     batch_size = _batch(batch, dynamic_batch)
     if int(max_det) < 1:
         raise ConfigError(f"max_det must be at least 1, got {max_det}")
-    if out is not None and not Path(out).is_dir() and Path(out).suffix.lower() != tgt.suffix:
+    if out is not None and Path(out).suffix.lower() != tgt.suffix and not Path(out).is_dir():
         raise ConfigError(f"the output {out} must end with {tgt.suffix} (runtimes are chosen by file suffix)")
     with reporting(progress):
         model, source = _load(checkpoint_or_model, variant, imgsz)
@@ -188,4 +188,5 @@ def _out_path(out: str | os.PathLike | None, checkpoint: Path | None, variant: V
     stem = checkpoint.stem if checkpoint is not None else variant.name
     if out is None:
         return (checkpoint.parent if checkpoint is not None else Path()) / f"{stem}{suffix}"
-    return Path(out) / f"{stem}{suffix}" if Path(out).is_dir() else Path(out)
+    folder = Path(out).is_dir() and Path(out).suffix.lower() != suffix  # an existing .mlpackage is replaced
+    return Path(out) / f"{stem}{suffix}" if folder else Path(out)

@@ -111,7 +111,7 @@ for _precision, _suffix in (("fp32", ""), ("fp16", "-fp16")):
 for _precision, _suffix in (("fp16", ""), ("fp32", "-fp32")):
     register(Target(
         name=f"coreml{_suffix}", suffix=".mlpackage", extra="coreml", requires=("torch", "coremltools"),
-        entry="deim_edge.export.coreml:export_coreml", options={"minimum_deployment_target": "iOS16"},
+        entry="deim_edge.export.coreml:export_coreml", options={"verify": True, "minimum_deployment_target": "iOS16"},
         precision=_precision,
         description=f"CoreML ML program (.mlpackage), {_precision} (iPhone, iPad, Mac)",
     ))
@@ -119,7 +119,7 @@ for _precision in ("fp32", "fp16"):
     register(Target(
         name=f"trt-{_precision}", suffix=".engine", extra="tensorrt", requires=("torch", "onnx"),
         entry="deim_edge.export.tensorrt:export_tensorrt",
-        options={"workspace_gb": 4.0, "dla_core": None, "max_batch": None, "timing_cache": None},
+        options={**ONNX_OPTIONS, "workspace_gb": 4.0, "dla_core": None, "max_batch": None, "timing_cache": None},
         precision=_precision,
         description=f"TensorRT engine, {_precision} (Jetson, T4); without tensorrt + a CUDA GPU, a bundle "
                     f"to build it on the device",

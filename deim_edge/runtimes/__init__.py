@@ -40,7 +40,8 @@ RUNTIMES = {
 ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "litert": "tflite", "trt": "tensorrt",
            "pytorch": "torch", "pth": "torch"}
 SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite", ".mlpackage": "coreml",
-            ".mlmodel": "coreml", ".engine": "tensorrt", ".plan": "tensorrt", ".pth": "torch", ".pt": "torch"}
+            ".mlmodel": "coreml", ".engine": "tensorrt", ".plan": "tensorrt",
+            ".trt": "tensorrt", ".pth": "torch", ".pt": "torch"}
 
 
 def runtime_for(path: str | Path, backend: str | None = None) -> str:
