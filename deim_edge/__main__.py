@@ -1,4 +1,4 @@
-"""Command line: `python -m deim_edge {predict,export,train,info}`."""
+"""Command line: `python -m deim_edge {predict,export,train,bench,demo,info}`."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def predict(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["export"]:  # export and train have command lines of their own
+    if argv[:1] == ["export"]:  # export, train, bench and demo have command lines of their own
         from .export.__main__ import main as export_main
 
         return export_main(argv[1:])
@@ -84,10 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m deim_edge", description="DEIMv2 detectors on edge devices")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("export", help="export a checkpoint: python -m deim_edge export --help")
     commands.add_parser("train", help="train a variant: python -m deim_edge train --help")
+    commands.add_parser("bench", help="time artifacts interleaved: python -m deim_edge bench --help")
+    commands.add_parser("demo", help="export the bundled model to every backend here, compare and time them")
     p = commands.add_parser("predict", help="detect on images, folders and videos")
     p.add_argument("model", help="an artifact: .onnx (deim-edge or official DEIMv2 export), .pth, ...")
     p.add_argument("sources", nargs="+", help="image files, folders, video files")
