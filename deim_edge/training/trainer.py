@@ -221,15 +221,19 @@ class Trainer:
             last = epoch == self.epochs - 1
             if not self.dist.main:  # the main process evaluates and writes; the others go on and wait for it
                 self.history.append(record)
+                self.start_epoch = epoch + 1
                 continue
             if self.val_set is not None and ((epoch + 1) % self.config.eval_every == 0 or last):
                 record.update(evaluate(self.ema.module, self.val_set, self.config.batch_size, self.size,
                                        self.device))
             record["time_s"] = round(time.perf_counter() - start, 3)
             self.history.append(record)
+            self.start_epoch = epoch + 1  # a later fit() goes on from here
             self._save(epoch, record)
             with open(self.out / "log.txt", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            ap = f", AP {record['AP']:.3f}, AP50 {record['AP50']:.3f}" if "AP" in record else ""
+            self.log(f"epoch {epoch + 1}/{self.epochs}: loss {record['loss']:.3f}{ap}, {record['time_s']:.0f} s")
             if _has_matplotlib():
                 write_curves(self.history, self.out / "curves.png")
         return self.history
