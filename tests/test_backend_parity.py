@@ -1,0 +1,94 @@
+"""The same detections everywhere: every installed backend against ONNX Runtime on real photographs,
+for deimv2-atto at 320 and deimv2-pico at 640.
+
+FP32 artifacts (OpenVINO with FP32 inference precision, TFLite) give raw outputs within 1e-4 of ONNX
+Runtime and the same top-100 detections; FP16 artifacts keep at least 95% of the top-100 (same label,
+IoU >= 0.9). Backends that cannot run here are skipped with the reason: CoreML predicts on macOS only,
+TensorRT needs tensorrt and a CUDA GPU.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deim_edge import Detector
+from deim_edge.demo import unavailable
+from deim_edge.export import export
+from deim_edge.export.registry import get_target
+from deim_edge.preprocess import load_image
+from deim_edge.variants import get_variant
+
+from conftest import assert_same_detections
+
+pytest.importorskip("torch", reason="exporting needs torch")
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference")
+
+PHOTOS = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
+CASES = [("deimv2-atto", 320), ("deimv2-pico", 640)]
+TOP = 100
+# target -> (runtime options for an exact comparison, whether it is FP32)
+TARGETS = {
+    "openvino": ({"precision": "f32", "threads": 1}, True),
+    "openvino-fp16": ({"threads": 1}, False),
+    "tflite": ({"threads": 1}, True),
+    "tflite-fp16": ({"threads": 1}, False),
+    "coreml-fp32": ({"compute_units": "CPU_ONLY"}, True),
+    "coreml": ({"compute_units": "CPU_ONLY"}, False),
+    "trt-fp32": ({}, True),
+    "trt-fp16": ({}, False),
+}
+@pytest.fixture(scope="module", params=CASES, ids=[f"{v}-{s}" for v, s in CASES])
+def case(request, tmp_path_factory):
+    """A model (random weights, BatchNorm statistics from images) and its raw-output ONNX reference."""
+    from deim_edge.export.weights import random_model
+
+    name, size = request.param
+    model = random_model(get_variant(name), input_size=(size, size))
+    folder = tmp_path_factory.mktemp(f"{name}-{size}")
+    onnx = export(model, "onnx", out=folder / "model.onnx", decode="host", verify=False)
+    return model, folder, Detector(onnx, conf=0.0, max_det=TOP, threads=1)
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_backend_matches_onnxruntime(case, target):
+    reason = unavailable(get_target(target))
+    if reason:
+        pytest.skip(reason)
+    model, folder, reference = case
+    options, fp32 = TARGETS[target]
+    out = folder / f"model-{target}{get_target(target).suffix}"
+    artifact = export(model, target, out=out, decode="host", verify=False)
+    detector = Detector(artifact, conf=0.0, max_det=TOP, **options)
+    assert detector.metadata.precision == ("fp32" if fp32 else "fp16")
+    for photo in PHOTOS:
+        batch, transforms = reference.preprocess([load_image(photo)])
+        expected, got = reference.infer(batch), detector.infer(batch)
+        ref_dets = reference.postprocess(expected, transforms)[0]
+        dets = detector.postprocess(got, transforms)[0]
+        if fp32:
+            for key in ("logits", "boxes"):
+                np.testing.assert_allclose(got[key], expected[key], atol=1e-4, rtol=0, err_msg=f"{photo.name} {key}")
+            assert_same_detections(dets, ref_dets, box_atol=0.05, score_atol=1e-4)
+        else:
+            assert top_agreement(ref_dets, dets) >= 0.95, photo.name
+
+
+def top_agreement(reference, other, iou: float = 0.9) -> float:
+    """The fraction of the reference's detections that `other` has too (same label, IoU >= iou), one to one."""
+    if len(reference) == 0:
+        return 1.0
+    unused = np.ones(len(other), bool)
+    found = 0
+    for box, label in zip(reference.xyxy, reference.labels):
+        x1 = np.maximum(box[0], other.xyxy[:, 0])
+        y1 = np.maximum(box[1], other.xyxy[:, 1])
+        x2 = np.minimum(box[2], other.xyxy[:, 2])
+        y2 = np.minimum(box[3], other.xyxy[:, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+        overlap = inter / np.maximum(area(box) + area(other.xyxy) - inter, 1e-9)
+        ok = unused & (other.labels == label) & (overlap >= iou)
+        if ok.any():
+            unused[np.argmax(np.where(ok, overlap, -1))] = False
+            found += 1
+    return found / len(reference)
