@@ -29,6 +29,7 @@ from . import __version__
 from .errors import ConfigError, DeimEdgeError
 from .fileio import atomic_path
 from .progress import reporting, step
+from .decode import box_iou
 
 CHECKPOINT = Path(__file__).resolve().parent / "assets" / "deimv2-atto-synthetic.pth"
 VARIANT = "deimv2-atto"  # of the random weights used while no checkpoint is installed
@@ -206,24 +207,17 @@ def sample_images(folder: Path) -> list[Path]:
 
 def detect_all(runs: list[TargetRun], samples: list[np.ndarray], threads: int | None) -> None:
     """Every sample through every artifact (all detections kept, conf 0), failures recorded."""
+    from .bench.candidates import thread_option
     from .detector import Detector
+    from .runtimes import runtime_for
 
     for run in (r for r in runs if r.artifact is not None):
         try:
-            detector = Detector(run.artifact, conf=0.0, **({"threads": threads} if threads else {}))
+            detector = Detector(run.artifact, conf=0.0, **thread_option(runtime_for(run.artifact), threads, []))
             run.detections = [detector(image) for image in samples]
             run.status = "ran"
         except Exception as e:  # noqa: BLE001
             run.status, run.reason = "failed", f"cannot run: {_reason(e)}"
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N,4] and b [M,4] (x1, y1, x2, y2) -> [N,M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def agreement(reference: list, candidate: list, conf: float) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from deim_edge import Detector
+from deim_edge.decode import box_iou
 from deim_edge.demo import unavailable
 from deim_edge.export import export
 from deim_edge.export.registry import get_target
@@ -77,18 +78,12 @@ def top_agreement(reference, other, iou: float = 0.9) -> float:
     """The fraction of the reference's detections that `other` has too (same label, IoU >= iou), one to one."""
     if len(reference) == 0:
         return 1.0
+    overlap = box_iou(reference.xyxy, other.xyxy) * (reference.labels[:, None] == other.labels[None, :])
     unused = np.ones(len(other), bool)
     found = 0
-    for box, label in zip(reference.xyxy, reference.labels):
-        x1 = np.maximum(box[0], other.xyxy[:, 0])
-        y1 = np.maximum(box[1], other.xyxy[:, 1])
-        x2 = np.minimum(box[2], other.xyxy[:, 2])
-        y2 = np.minimum(box[3], other.xyxy[:, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-        overlap = inter / np.maximum(area(box) + area(other.xyxy) - inter, 1e-9)
-        ok = unused & (other.labels == label) & (overlap >= iou)
+    for row in overlap:
+        ok = unused & (row >= iou)
         if ok.any():
-            unused[np.argmax(np.where(ok, overlap, -1))] = False
+            unused[np.argmax(np.where(ok, row, -1))] = False
             found += 1
     return found / len(reference)

@@ -126,7 +126,7 @@ def test_outputs_are_named_and_typed_as_the_layout(fp32_raw, fp16_topk):
 
 
 def test_detector_on_photos(fp32_raw, fp16_topk, reference):
-    from deim_edge.export.tflite import box_iou
+    from deim_edge.decode import box_iou
 
     for path, onnx_path in ((fp32_raw, reference["host"]), (fp16_topk, reference["graph"])):
         det, ref = Detector(path, conf=0.0, threads=1), Detector(onnx_path, conf=0.0, threads=1)

@@ -73,7 +73,7 @@ class DetectorCandidate:
         from ..detector import Detector
 
         self.notes: list[str] = []
-        options = _thread_option(runtime_for(spec.path, spec.backend), threads, self.notes)
+        options = thread_option(runtime_for(spec.path, spec.backend), threads, self.notes)
         self.detector = Detector(spec.path, backend=spec.backend, conf=conf, **options)
         self.runtime = self.detector.runtime.name
         self.fixed_batch = self.detector.metadata.batch
@@ -165,7 +165,7 @@ def load_candidate(spec: ArtifactSpec, threads: int | None, images: list[np.ndar
             raise ours from None
 
 
-def _thread_option(runtime: str, threads: int | None, notes: list[str]) -> dict[str, Any]:
+def thread_option(runtime: str, threads: int | None, notes: list[str]) -> dict[str, Any]:
     """{"threads": threads} when the runtime takes a thread count; else {} and a note saying so."""
     if threads is None:
         return {}

@@ -28,6 +28,7 @@ from ..metadata import METADATA_KEY, RAW, ArtifactMetadata
 from ..progress import step
 from ..runtimes.coreml import INPUT_NAME, read_metadata
 from .graph import wrap
+from ..decode import box_iou
 
 PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}  # metadata.precision -> ct.precision member
 OLDEST_TARGET = "iOS15"  # ML programs need iOS 15 / macOS 12 / tvOS 15 / watchOS 8
@@ -257,13 +258,3 @@ def _top(outputs: Mapping[str, np.ndarray], layout: str, top: int) -> tuple[np.n
         return decode(outputs["logits"], outputs["boxes"], top)
     return (np.asarray(outputs["scores"])[:, :top], np.asarray(outputs["labels"])[:, :top],
             np.asarray(outputs["boxes"], dtype=np.float32)[:, :top])
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes a [N, 4] and b [M, 4] -> [N, M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)

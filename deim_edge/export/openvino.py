@@ -22,6 +22,7 @@ from ..metadata import METADATA_KEY, RAW, ArtifactMetadata
 from ..progress import step
 from ..runtimes.openvino import OUTPUT_NAMES, OpenVinoRuntime, import_openvino
 from .onnx import INPUT_NAME, VERIFY_ATOL, VERIFY_MIN_AGREEMENT, _agreeing_rows, _rows, _width, build_onnx
+from ..decode import box_iou
 
 COMPRESS = {"fp32": False, "fp16": True}  # metadata.precision -> save_model(compress_to_fp16=)
 FP16_TOP = 100  # fp16 weights move scores a little: the check compares the top detections instead
@@ -108,7 +109,7 @@ def top_agreement(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
     a, b = _detections(got, layout, top), _detections(expected, layout, top)
     fractions = []
     for (_, labels, boxes), (_, ref_labels, ref_boxes) in zip(zip(*a), zip(*b)):
-        iou = _iou(ref_boxes, boxes)  # [top, top]
+        iou = box_iou(ref_boxes, boxes)  # [top, top]
         fractions.append(np.mean(((ref_labels[:, None] == labels[None, :]) & (iou >= min_iou)).any(1)))
     return float(np.mean(fractions))
 
@@ -117,12 +118,3 @@ def _detections(outputs: Mapping[str, np.ndarray], layout: str, top: int):
     if layout == RAW:
         return decode(outputs["logits"], outputs["boxes"], top)
     return outputs["scores"][:, :top], outputs["labels"][:, :top], outputs["boxes"][:, :top]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes a [N, 4] and b [M, 4] -> [N, M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)

@@ -55,7 +55,8 @@ def export_tensorrt(model: Any, metadata: ArtifactMetadata, out_path: Path, opti
     proto = prepare_onnx(proto, metadata)
     if missing is None:
         build_engine_file(proto.SerializeToString(), metadata, build, out_path, gate=False)
-        _check_engine(out_path, proto, metadata, build.precision)
+        if options["verify"]:
+            _check_engine(out_path, proto, metadata, build.precision)
         return out_path
     bundle = write_bundle(proto, metadata, build, out_path.with_suffix(BUNDLE_SUFFIX))
     warn(f"no TensorRT engine built here: {missing.rstrip('.')}. Wrote the bundle {bundle.name} instead: copy it to "

@@ -31,6 +31,7 @@ from ..metadata import METADATA_KEY, RAW, ArtifactMetadata
 from ..progress import step
 from ..tflite_metadata import FILE_IDENTIFIER
 from .onnx import INPUT_NAME, build_onnx
+from ..decode import box_iou
 
 # onnx2tf loads this file from its working folder (else downloads it) to feed sample images through the
 # graph while converting, whenever the input looks like a batch of images (see its download_test_image_data)
@@ -61,12 +62,13 @@ def export_tflite(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, 
         raise ExportError(f"no TFLite conversion for precision {metadata.precision!r}; "
                           f"use one of {', '.join(OUTPUT_FILES)}")
     proto = build_onnx(model, metadata, int(options["opset"]), bool(options["simplify"]),
-                       bool(options.get("verify", True)))
+                       bool(options["verify"]))
     with tempfile.TemporaryDirectory(prefix="deim-edge-tflite-") as folder:
         converted = convert_onnx(pad_grid_samples(proto), Path(folder), metadata.precision)
         step(f"embedding the metadata ({metadata.precision}, {len(converted) / 1e6:.1f} MB)")
         out_path.write_bytes(embed_metadata(converted, metadata))
-    check_against_onnxruntime(out_path, proto, metadata)
+    if options["verify"]:
+        check_against_onnxruntime(out_path, proto, metadata)
     return out_path
 
 
@@ -242,13 +244,3 @@ def compare_detections(got: Mapping[str, np.ndarray], expected: Mapping[str, np.
             diff = max(diff, float(np.abs(ref[0][b][ok] - ours[0][b][best[ok]]).max()),
                        float(np.abs(ref[2][b][ok] - ours[2][b][best[ok]]).max()))
     return found / max(total, 1), diff
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes [N, 4] x [M, 4] -> [N, M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)

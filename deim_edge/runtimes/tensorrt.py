@@ -264,7 +264,10 @@ class TensorrtRuntime:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        expected = OUTPUT_NAMES.get(self.metadata.output, ())
+        if self.metadata.output not in OUTPUT_NAMES:
+            raise ModelFileError(f"{path}: output layout {self.metadata.output!r} is not one a TensorRT engine of "
+                                 f"deim-edge has ({', '.join(OUTPUT_NAMES)})")
+        expected = OUTPUT_NAMES[self.metadata.output]
         if len(inputs) != 1 or not set(expected) <= set(outputs):
             raise ModelFileError(f"{path}: the engine's inputs {inputs} and outputs {outputs} are not a deim-edge "
                                  f"{self.metadata.output} model's (one input; outputs {', '.join(expected)})")

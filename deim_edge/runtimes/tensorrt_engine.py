@@ -505,6 +505,10 @@ def _load_timing_cache(config, path: str | None):
 
 def _save_timing_cache(config, path: Path) -> None:
     file = path.expanduser()
-    with atomic_path(file) as tmp:
-        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    try:
+        with atomic_path(file) as tmp:
+            tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    except OSError as e:  # the engine is built: losing the cache must not lose it
+        warn(f"could not save the timing cache {file}: {e}")
+        return
     step(f"saved the timing cache {file}")

@@ -3,8 +3,10 @@ SyncBatchNorm that also works on CPU (gloo).
 
 `torchrun --nproc_per_node N -m deim_edge.train ...` runs N copies; each takes its slice of every global
 batch (--batch is the global batch, split evenly), DistributedDataParallel averages the gradients, and
-the loss normalizers and denoising queries are computed over the global batch, so N processes train the
-same model one process would (exactly so with --sync-bn, which makes BatchNorm see the global batch too).
+the loss normalizers and denoising queries are computed over the global batch. With --sync-bn (BatchNorm
+over the global batch) N processes then train the model one process would, up to float rounding, for
+the recipes without batch-level augmentations (Atto to N). MixUp and Copy-Blend take their partners from
+the process's own share, and each process draws its own multi-scale size, as in the official code.
 """
 from __future__ import annotations
 

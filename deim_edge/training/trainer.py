@@ -156,6 +156,8 @@ class Trainer:
         self.samples = EpochSamples(self.train_set, TrainPipeline(self.policy, (size, size)), c.seed)
         norm = None if self.variant.mean is None else (self.variant.mean, self.variant.std)
         self.collate = Collate(self.policy, norm, base_size=size, seed=c.seed)
+        if self.dist.enabled:
+            rank_order([], c.batch_size, self.dist)  # ConfigError now unless --batch splits evenly
         if self.dist.enabled and len(self.train_set) < c.batch_size:
             raise ConfigError(f"{len(self.train_set)} training images are fewer than one global batch ({c.batch_size})")
         self.drop_last = len(self.train_set) >= c.batch_size
@@ -281,7 +283,7 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=False):
             terms = self.criterion(outputs, targets, epoch)
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
+        if not self._finite_everywhere(loss):
             raise DeimEdgeError(f"the training loss is {loss.item()} at epoch {epoch}; lower --lr-scale, try "
                                 "without --amp, or check the boxes of the data")
         self.optimizer.zero_grad(set_to_none=True)
@@ -299,6 +301,13 @@ class Trainer:
             if parts:
                 out[name] = float(sum(p.item() for p in parts))
         return out
+
+    def _finite_everywhere(self, loss: Tensor) -> bool:
+        """Whether the loss is finite in every process (all of them stop together, none waits for the others)."""
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
 
     def _save(self, epoch: int, record: dict) -> None:
         """last.pth every epoch, best.pth when the EMA AP improved (no validation set: no best.pth)."""
