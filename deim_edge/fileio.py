@@ -49,7 +49,11 @@ def _replace(src: Path, dst: Path) -> None:
     if dst.is_dir() and not dst.is_symlink():
         old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.old")
         os.replace(dst, old)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except OSError:
+            os.replace(old, dst)  # put the old one back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)

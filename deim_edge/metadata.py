@@ -16,6 +16,7 @@ RAW = "raw"  # logits [B,Q,C] and boxes [B,Q,4] normalized cx,cy,w,h: the host d
 TOPK = "topk"  # scores [B,K], labels [B,K], boxes [B,K,4] normalized x1,y1,x2,y2: decoded in the graph
 OFFICIAL = "official"  # the public DEIMv2 export: images + orig_target_sizes in; labels, boxes (pixels), scores out
 OUTPUT_LAYOUTS = (RAW, TOPK, OFFICIAL)
+OUTPUT_NAMES = {RAW: ("logits", "boxes"), TOPK: ("scores", "labels", "boxes")}  # the outputs of our artifacts
 RESIZE_MODES = ("stretch", "letterbox")
 
 COCO_CLASSES = (

@@ -11,13 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..metadata import RAW, TOPK, ArtifactMetadata
+from ..metadata import OUTPUT_NAMES, RAW, TOPK, ArtifactMetadata
 
 
 class RawOutputs(nn.Module):
     """images -> logits [B, Q, C], boxes [B, Q, 4] normalized cx, cy, w, h: the host decodes."""
 
-    output_names = ("logits", "boxes")
+    output_names = OUTPUT_NAMES[RAW]
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -36,7 +36,7 @@ class TopKOutputs(nn.Module):
     Top-k runs on the logits (sigmoid is monotone, so the same detections) and sigmoid on the K kept.
     """
 
-    output_names = ("scores", "labels", "boxes")
+    output_names = OUTPUT_NAMES[TOPK]
 
     def __init__(self, model: nn.Module, num_classes: int, k: int) -> None:
         super().__init__()

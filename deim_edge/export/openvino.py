@@ -18,9 +18,9 @@ import onnx
 
 from ..decode import decode
 from ..errors import ExportError
-from ..metadata import METADATA_KEY, RAW, ArtifactMetadata
+from ..metadata import METADATA_KEY, OUTPUT_NAMES, RAW, ArtifactMetadata
 from ..progress import step
-from ..runtimes.openvino import OUTPUT_NAMES, OpenVinoRuntime, import_openvino
+from ..runtimes.openvino import OpenVinoRuntime, import_openvino
 from .onnx import INPUT_NAME, VERIFY_ATOL, VERIFY_MIN_AGREEMENT, _agreeing_rows, _rows, _width, build_onnx
 from ..decode import box_iou
 

@@ -12,12 +12,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import ConfigError, MissingDependencyError, ModelFileError
-from ..metadata import METADATA_KEY, RAW, TOPK, ArtifactMetadata
+from ..metadata import METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
 
 T = TypeVar("T")
 HINTS = ("latency", "throughput")
 PRECISIONS = ("f32", "f16", "bf16")
-OUTPUT_NAMES = {RAW: ("logits", "boxes"), TOPK: ("scores", "labels", "boxes")}
 ONNX_METADATA = ["framework", METADATA_KEY]  # where OpenVINO's ONNX reader keeps ONNX metadata_props
 
 

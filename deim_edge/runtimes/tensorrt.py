@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, CudaUnavailableError, MissingDependencyError, ModelFileError
-from ..metadata import RAW, TOPK, ArtifactMetadata
+from ..metadata import OUTPUT_NAMES, ArtifactMetadata
 from .tensorrt_engine import (METADATA_FILE, BuildOptions, DeviceInfo, build_engine,
                               check_version, engine_cache_key, header_metadata, import_tensorrt, onnx_metadata,
                               read_bundle, read_engine_file, write_engine_file)
 
-OUTPUT_NAMES = {RAW: ("logits", "boxes"), TOPK: ("scores", "labels", "boxes")}
 CUDA_INSTALL = ("pip install 'deim-edge[tensorrt]' (it installs cuda-python; on Jetson pick the version of "
                 "JetPack's CUDA, e.g. pip install 'cuda-python==12.6.*')")
 

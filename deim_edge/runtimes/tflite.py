@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, MetadataError, MissingDependencyError, ModelFileError
-from ..metadata import METADATA_KEY, RAW, TOPK, ArtifactMetadata
+from ..metadata import METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
 from ..tflite_metadata import is_tflite, read_metadata
 
 INSTALL = "pip install 'deim-edge[tflite]' (or just ai-edge-litert to run)"
-OUTPUT_NAMES = {RAW: ("logits", "boxes"), TOPK: ("scores", "labels", "boxes")}
 
 
 def _import_interpreter():
