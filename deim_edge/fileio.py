@@ -57,3 +57,16 @@ def _replace(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+def artifact_size_mb(path: str | os.PathLike) -> float | None:
+    """An artifact's size in MB: a file, a folder (an .mlpackage, a TensorRT bundle), or an OpenVINO .xml
+    with its .bin; None when it does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+    elif path.is_file():
+        files = [path] + ([path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [])
+    else:
+        return None
+    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6

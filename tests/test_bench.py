@@ -213,7 +213,7 @@ def test_compare_merges_reports_of_devices(cli_report, tmp_path):
 def test_missing_matplotlib_names_the_extra(cli_report, tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m.startswith("matplotlib")] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(MissingDependencyError, match=r"deim-edge\[train\]"):
+    with pytest.raises(MissingDependencyError, match=r"deim-edge\[bench\]"):
         write_report(cli_report[0], tmp_path)
     assert (tmp_path / "bench.json").is_file() and not (tmp_path / "bench.png").exists()
     assert set(merge_reports([cli_report[0]], ["a"])["devices"]) == {cli_report[0]["device_label"]}

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ConfigError, DeimEdgeError
+from ..fileio import artifact_size_mb
 from ..progress import Progress, reporting, step
 from . import memory
 from .accuracy import ValSet, coco_api, coco_ap
@@ -135,7 +136,7 @@ def _load_all(specs: list[ArtifactSpec], batches: Sequence[int], threads: Sequen
 def _blank_record(spec: ArtifactSpec, threads: int | None, batch: int) -> dict[str, Any]:
     return {"name": spec.name, "artifact": str(spec.path), "backend": spec.backend, "runtime": None, "kind": None,
             "batch": batch, "threads": threads, "status": "ok", "error": None, "notes": [],
-            "size_mb": _round(_size_mb(spec.path), 2), "load_s": None, "first_call_ms": None, "warmup": 0,
+            "size_mb": _round(artifact_size_mb(spec.path), 2), "load_s": None, "first_call_ms": None, "warmup": 0,
             "runs": 0, "rss_added_mb": None, "peak_rss_mb": None, "latency_ms": {}, "fps": None, "ratio": None,
             "ratio_basis": None, "ratio_to": None, "ap": None, "throttled": None, "metadata": None, "samples_ms": {}}
 
@@ -273,17 +274,6 @@ def _fail(row: Row, error: Exception, when: str) -> None:
 def _reason(error: Exception) -> str:
     """Our errors say what to do; anything else is named by its type too."""
     return str(error) if isinstance(error, DeimEdgeError) else f"{type(error).__name__}: {error}"
-
-
-def _size_mb(path: Path) -> float | None:
-    """An artifact's size: a file, a folder (.mlpackage), or an OpenVINO .xml with its .bin."""
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()]
-    elif path.is_file():
-        files = [path] + ([path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [])
-    else:
-        return None
-    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
 
 
 def _round(value: float | None, digits: int) -> float | None:

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 
 from ..errors import ImageError
+from ..predict import IMAGE_SUFFIXES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"  # bundled with the package
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FALLBACK_SIZE = (480, 640)  # (h, w) of the generated image used when no samples are installed
 
 
@@ -27,7 +27,7 @@ def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             raise ImageError(f"no such image or folder: {source}")
     if not files:
-        raise ImageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}")
+        raise ImageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, sources))}")
     return files
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import ConfigError, ExportError
-from ..fileio import staged_output
+from ..fileio import artifact_size_mb, staged_output
 from ..metadata import COCO_CLASSES, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
 from ..progress import reporting, step, warn
@@ -62,18 +62,8 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
                 written = path.parent / tgt.export(model, metadata, tmp, target_options).name
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e}") from e
-        step(f"done: {written} ({_size_mb(written):.1f} MB)")
+        step(f"done: {written} ({artifact_size_mb(written):.1f} MB)")
     return written
-
-
-def _size_mb(path: Path) -> float:
-    """The size of an artifact: a file, a folder (an .mlpackage, a TensorRT bundle), or an OpenVINO .xml
-    with its .bin."""
-    if path.is_dir():
-        files = list(path.rglob("*"))
-    else:
-        files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
-    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
 
 
 def _layout(decode: str) -> str:
