@@ -22,8 +22,8 @@ from deim_edge.fileio import atomic_path
 from deim_edge.train import data_paths, parse_args
 from deim_edge.training import TrainConfig, Trainer
 
-RECIPE = ["--variant", "deimv2-atto", "--data", "synthetic", "--synthetic-images", "300", "--epochs", "30",
-          "--batch", "8", "--lr-scale", "0.5", "--workers", "1", "--seed", "0"]
+RECIPE = ["--variant", "deimv2-atto", "--data", "synthetic", "--synthetic-images", "300", "--workers", "1",
+          "--seed", "0"]
 
 
 def main() -> int:
@@ -32,8 +32,12 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.5, help="AP50 to reach")
     parser.add_argument("--out", default="runs/learn-atto")
     parser.add_argument("--asset", help="write the best EMA weights here as a slim checkpoint")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--lr-scale", type=float, default=0.5)
     args = parser.parse_args()
-    argv = [*RECIPE, "--out", args.out, "--no-progress"]
+    argv = [*RECIPE, "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr-scale", str(args.lr_scale),
+            "--out", args.out, "--no-progress"]
     command = "python -m deim_edge.train " + shlex.join(argv)
     print(command)
     train = parse_args(argv)
