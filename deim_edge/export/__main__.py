@@ -8,7 +8,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError, DeimEdgeError
 from ..metadata import COCO_CLASSES
@@ -88,31 +88,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.build_engine:
         return build_engine(args.build_engine, args.out)
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            path = export(args.checkpoint, target=args.target, variant=args.variant, imgsz=args.imgsz, out=args.out,
-                          decode=args.decode, max_det=args.max_det, batch=args.batch,
-                          dynamic_batch=args.dynamic_batch, class_names=args.class_names, progress=True,
-                          **_target_options(args))
-    except DeimEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(path)
-    return 0
+    return _run(lambda: export(args.checkpoint, target=args.target, variant=args.variant, imgsz=args.imgsz,
+                               out=args.out, decode=args.decode, max_det=args.max_det, batch=args.batch,
+                               dynamic_batch=args.dynamic_batch, class_names=args.class_names, progress=True,
+                               **_target_options(args)))
 
 
 def build_engine(bundle: str, out: str | None = None) -> int:
     """--build-engine: the bundle's engine built here with the TensorRT Python API; the exit status."""
     from ..runtimes.tensorrt import build_bundle  # no torch: this runs on the device
 
+    def build() -> Path:
+        with reporting():
+            return build_bundle(Path(bundle), Path(out) if out else None)
+
+    return _run(build)
+
+
+def _run(write: Callable[[], Path]) -> int:
+    """Call `write` with warnings shown as plain lines, print the path it wrote; the exit status."""
     try:
-        with warnings.catch_warnings(), reporting():
+        with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            path = build_bundle(Path(bundle), Path(out) if out else None)
+            path = write()
     except DeimEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
