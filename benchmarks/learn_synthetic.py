@@ -1,6 +1,8 @@
-"""Learning check: deimv2-atto at 320 from scratch on the synthetic shapes set, on this CPU.
+"""Learning check: a DEIMv2 variant (deimv2-atto by default) at 320 from scratch on the synthetic shapes
+set, on this CPU.
 
     python benchmarks/learn_synthetic.py [--minutes 30] [--asset deim_edge/assets/deimv2-atto-synthetic.pth]
+    python benchmarks/learn_synthetic.py --variant deimv2-pico --target 0.3 --minutes 90 --out runs/learn-pico
 
 Trains with the command printed first (python -m deim_edge.train ... --data synthetic), prints the
 validation AP50 and the wall time after every epoch, and says whether AP50 reached --target within
@@ -22,12 +24,14 @@ from deim_edge.fileio import atomic_path
 from deim_edge.train import data_paths, parse_args
 from deim_edge.training import TrainConfig, Trainer
 
-RECIPE = ["--variant", "deimv2-atto", "--data", "synthetic", "--synthetic-images", "300", "--workers", "1",
+RECIPE = ["--data", "synthetic", "--synthetic-images", "300", "--workers", "1",
           "--seed", "0"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="deimv2-atto")
+    parser.add_argument("--imgsz", type=int, default=320, help="training size (the synthetic images are this size)")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--target", type=float, default=0.5, help="AP50 to reach")
     parser.add_argument("--out", default="runs/learn-atto")
@@ -36,7 +40,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr-scale", type=float, default=0.5)
     args = parser.parse_args()
-    argv = [*RECIPE, "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr-scale", str(args.lr_scale),
+    argv = [*RECIPE, "--variant", args.variant, "--imgsz", str(args.imgsz), "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr-scale", str(args.lr_scale),
             "--out", args.out, "--no-progress"]
     command = "python -m deim_edge.train " + shlex.join(argv)
     print(command)
@@ -44,7 +48,7 @@ def main() -> int:
     start = time.perf_counter()
     train_images, train_json, val_images, val_json = data_paths(train)
     trainer = Trainer(TrainConfig(train_images, train_json, val_images, val_json, variant=train.variant,
-                                  epochs=train.epochs, batch_size=train.batch, lr_scale=train.lr_scale,
+                                  epochs=train.epochs, batch_size=train.batch, imgsz=train.imgsz, lr_scale=train.lr_scale,
                                   workers=train.workers, seed=train.seed, out=train.out, progress=False))
     reached = None
     print(f"{'epoch':>5} {'loss':>7} {'AP50':>6} {'AP':>6} {'minutes':>8}")

@@ -38,6 +38,16 @@ def decode(logits: np.ndarray, boxes_cxcywh: np.ndarray, max_det: int) -> tuple[
     return scores, labels, boxes
 
 
+def top_detections(outputs: dict[str, np.ndarray], layout: str, k: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, labels, normalized xyxy boxes) of the top-k detections of RAW (decoded here) or TOPK outputs."""
+    from .metadata import RAW
+
+    if layout == RAW:
+        return decode(outputs["logits"], outputs["boxes"], k)
+    return outputs["scores"][:, :k], outputs["labels"][:, :k], outputs["boxes"][:, :k]
+
+
 def official_to_topk(labels: np.ndarray, boxes_px: np.ndarray, scores: np.ndarray,
                      input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Outputs of a public DEIMv2 export run with orig_target_sizes = the network input (w, h) ->

@@ -28,10 +28,15 @@ class Detector:
     variant= for .pth files).
     """
 
-    def __init__(self, model: str | os.PathLike, backend: str | None = None, conf: float = 0.25,
+    def __init__(self, model: str | os.PathLike | Runtime, backend: str | None = None, conf: float = 0.25,
                  max_det: int | None = None, classes: Iterable[int | str] | None = None, resize: str | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **runtime_options) -> None:
-        self.runtime: Runtime = load_runtime(model, backend, **runtime_options)
+        if isinstance(model, (str, os.PathLike)):
+            self.runtime: Runtime = load_runtime(model, backend, **runtime_options)
+        elif hasattr(model, "run") and hasattr(model, "metadata"):  # an opened runtime (e.g. TorchRuntime.of)
+            self.runtime = model
+        else:
+            raise ConfigError(f"Detector takes a model file or an opened runtime, not {type(model).__name__}")
         meta = self.runtime.metadata
         overrides = {k: v for k, v in {"resize": resize, "mean": _triple(mean), "std": _triple(std)}.items()
                      if v is not None}

@@ -50,3 +50,11 @@ class ImageError(DeimEdgeError, ValueError):
 
 class ExportError(DeimEdgeError):
     """An export that failed; no file is left at the output path."""
+
+
+class CalibrationError(DeimEdgeError, ValueError):
+    """Calibration data that cannot be used (no readable images, a video without frames, ...)."""
+
+
+class AccuracyGateError(ExportError):
+    """An export whose measured accuracy drop exceeds --max-drop; nothing is left at the output path."""

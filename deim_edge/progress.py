@@ -19,8 +19,8 @@ class Progress:
     Redraws in place on a terminal; elsewhere (logs, CI) prints at most one line every `every` s.
     """
 
-    def __init__(self, total: int | None, desc: str, every: float = 5.0, stream=None) -> None:
-        self.total, self.desc, self.every = total, desc, every
+    def __init__(self, total: int | None, desc: str, every: float = 5.0, stream=None, enabled: bool = True) -> None:
+        self.total, self.desc, self.every, self.enabled = total, desc, every, enabled
         self.stream = stream or sys.stderr
         self.count = 0
         self.start = self.last = time.perf_counter()
@@ -32,7 +32,7 @@ class Progress:
     def update(self, n: int = 1, note: str = "") -> None:
         self.count += n
         now = time.perf_counter()
-        if self.tty or now - self.last >= self.every or self.count == self.total:
+        if self.enabled and (self.tty or now - self.last >= self.every or self.count == self.total):
             self.last = now
             self._draw(note, now)
 
@@ -46,7 +46,7 @@ class Progress:
         self.stream.flush()
 
     def __exit__(self, *exc) -> None:
-        if self.tty:
+        if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from ..calibration.settings import DEFAULT_SIZE, METHODS, RECIPES
 from ..errors import ConfigError, DeimEdgeError
 from ..metadata import COCO_CLASSES
 from ..progress import reporting
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a target option, e.g. minimum_deployment_target=iOS17, workspace_gb=2, dla_core=0 "
                         "(values read as JSON when they parse, else as text; see --list-targets)")
+    q = p.add_argument_group("INT8 and the accuracy gate")
+    q.add_argument("--calib-data", metavar="DATA", help="calibration images for *-int8 targets: a folder (searched "
+                   "recursively), a COCO .json, a video, or 'synthetic'")
+    q.add_argument("--calib-size", type=int, default=DEFAULT_SIZE, metavar="N",
+                   help=f"calibration images to use (default {DEFAULT_SIZE}; fewer than 100 is warned about)")
+    q.add_argument("--calib-method", choices=METHODS, default="minmax", help="activation range estimate (default minmax)")
+    q.add_argument("--recipe", choices=RECIPES, default="detr",
+                   help="detr: INT8 backbone + encoder, float decoder, sensitive layers searched back to float "
+                        "(default); naive: quantize everything (the baseline)")
+    q.add_argument("--val-data", metavar="DATA", help="accuracy gate data (any target): a COCO folder gives AP vs "
+                   "the FP32 PyTorch model; a folder of images gives agreement with it")
+    q.add_argument("--max-drop", type=float, metavar="POINTS", help="fail the export (nothing written) when the "
+                   "artifact loses more than this (AP points, or agreement points without labels)")
     p.add_argument("--list-targets", action="store_true", help="list the targets and whether they can run here")
     p.add_argument("--build-engine", metavar="BUNDLE",
                    help="on the TensorRT device: build the engine of a bundle (<name>.trt, written by a trt-* export "
@@ -91,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     return _run(lambda: export(args.checkpoint, target=args.target, variant=args.variant, imgsz=args.imgsz,
                                out=args.out, decode=args.decode, max_det=args.max_det, batch=args.batch,
                                dynamic_batch=args.dynamic_batch, class_names=args.class_names, progress=True,
-                               **_target_options(args)))
+                               calib_data=args.calib_data, calib_size=args.calib_size,
+                               calib_method=args.calib_method, recipe=args.recipe, max_drop=args.max_drop,
+                               val_data=args.val_data, **_target_options(args)))
 
 
 def build_engine(bundle: str, out: str | None = None) -> int:

@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..errors import ConfigError, ExportError
-from ..fileio import artifact_size_mb, staged_output
+from ..calibration.settings import DEFAULT_SIZE as DEFAULT_CALIB_SIZE, QuantizeSettings
+from ..errors import ConfigError, DeimEdgeError, ExportError
+from ..fileio import artifact_size_mb, atomic_path, staged_output
 from ..metadata import COCO_CLASSES, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
 from ..progress import reporting, step, warn
-from .registry import get_target
+from .registry import ONNX_OPTIONS, QDQ_TARGETS, Target, get_target
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,7 +27,9 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
            out: str | os.PathLike | None = None, *, decode: str = "graph", max_det: int = 300, batch: int = 1,
            dynamic_batch: bool = False,
            class_names: str | os.PathLike | Sequence[str] | None = None, progress: bool = False,
-           **options: Any) -> Path:
+           calib_data: str | os.PathLike | None = None, calib_size: int = DEFAULT_CALIB_SIZE,
+           calib_method: str = "minmax", recipe: str = "detr", max_drop: float | None = None,
+           val_data: str | os.PathLike | None = None, **options: Any) -> Path:
     """Export a DEIMv2 checkpoint (path or loaded dict), model (nn.Module, left unchanged) or, with None, random
     weights of `variant`, to `target`; returns the path written.
 
@@ -36,9 +39,21 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     COCO's 80 by default. Target options (e.g. opset, simplify for onnx) go in **options.
     out defaults to the checkpoint's path (or `<variant>`) with the target's suffix; a folder
     takes that name inside it. Nothing is left at `out` when the export fails.
+
+    INT8 targets calibrate on `calib_size` images of `calib_data` (a folder, a COCO .json, a video, or
+    "synthetic") with `calib_method` (minmax, entropy, percentile) and quantize what `recipe` ("detr", or the
+    "naive" quantize-everything baseline) allows, moving the most sensitive layers back to float until the drop
+    is within `max_drop` (default 1.0). The accuracy gate (any target) measures the artifact against the FP32
+    PyTorch model on `val_data` (COCO: AP; plain images: agreement): the figures go into the artifact's metadata
+    and `<artifact>.accuracy.json`; with `max_drop`, an export that loses more fails and writes nothing.
     """
     tgt = get_target(target)
     tgt.require()
+    settings = QuantizeSettings(None if calib_data is None else str(calib_data), int(calib_size), calib_method,
+                                recipe, max_drop, None if val_data is None else str(val_data))
+    if tgt.precision == "int8" and calib_data is None:
+        raise ConfigError(f"{tgt.name} needs calibration images: --calib-data FOLDER (or a COCO .json, a video, "
+                          f"or 'synthetic')")
     target_options = tgt.resolve_options(options)
     layout = _layout(decode)
     batch_size = _batch(batch, dynamic_batch)
@@ -59,11 +74,93 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         step(f"exporting to {tgt.name}: {path}")
         try:
             with staged_output(path) as tmp:
-                written = path.parent / tgt.export(model, metadata, tmp, target_options).name
+                figures, gate = None, None
+                if tgt.precision == "int8":
+                    metadata, target_options, figures, gate = _plan_int8(model, metadata, tgt, target_options,
+                                                                         settings, progress)
+                written = tmp.parent / tgt.export(model, metadata, tmp, target_options).name
+                if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
+                    figures, gate = None, _float_gate(model, metadata, settings)
+                if gate is not None:  # the backend's own artifact, measured
+                    figures = _gate_artifact(written, metadata, settings, *gate, progress)
+                if figures is not None:
+                    from ..calibration.gate import check
+
+                    check(figures, max_drop, f"the {tgt.name} export")
+                written = path.parent / written.name
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e}") from e
+        if figures is not None:
+            _write_report(written, tgt.name, settings, metadata, figures)
         step(f"done: {written} ({artifact_size_mb(written):.1f} MB)")
     return written
+
+
+def _plan_int8(model: nn.Module, metadata: ArtifactMetadata, tgt: Target, options: dict[str, Any],
+               settings: QuantizeSettings, progress: bool):
+    """(metadata with the INT8 record, target options with the plan, the figures if final, the gate's
+    reference and data when the backend's artifact must be measured again)."""
+    from ..calibration.int8 import plan_int8
+    from .onnx import build_onnx
+
+    fp32 = build_onnx(model, metadata.with_(precision="fp32"), int(options.get("opset", ONNX_OPTIONS["opset"])),
+                      bool(options.get("simplify", True)), bool(options.get("verify", True)))
+    style = "ort"
+    if tgt.name == "trt-int8":
+        from .tensorrt import prepare_onnx
+
+        fp32, style = prepare_onnx(fp32, metadata), "trt"
+    plan, reference, data = plan_int8(model, metadata, settings, fp32, style, progress)
+    metadata = metadata.with_(extra={**metadata.extra, "int8": plan.record(settings)})
+    options = {**options, "int8": plan}
+    if tgt.name in QDQ_TARGETS:  # the artifact is the measured QDQ graph (trt-int8: as ONNX Runtime runs it)
+        where = "QDQ ONNX in ONNX Runtime" + (" (TensorRT builds the engine from it)" if style == "trt" else "")
+        figures = {**plan.figures, "measured": where}
+        return metadata.with_(extra={**metadata.extra, "accuracy": figures}), options, figures, None
+    return metadata, options, None, (reference, data)
+
+
+def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: QuantizeSettings):
+    from ..bench.inputs import bench_images
+    from ..calibration.gate import GateData
+    from ..detector import Detector
+    from ..runtimes.torch import TorchRuntime
+
+    images, where = bench_images()
+    fallback = [img[..., ::-1].copy() for img in images]  # BGR as read -> RGB
+    data = GateData.find(settings.val_data, fallback, f"{len(images)} bundled sample images (no --val-data)")
+    return Detector(TorchRuntime.of(model, metadata)), data
+
+
+def _gate_artifact(path: Path, metadata: ArtifactMetadata, settings: QuantizeSettings, reference, data,
+                   progress: bool) -> dict | None:
+    """The gate's figures of the written artifact, also stamped into its metadata; None (with a warning) where
+    the artifact cannot run here."""
+    from ..calibration.gate import measure, public
+    from ..detector import Detector
+    from .stamp import write_metadata
+
+    try:
+        candidate = Detector(path, **({"threads": 1} if path.suffix.lower() in (".onnx", ".xml", ".tflite") else {}))
+    except DeimEdgeError as e:
+        warn(f"the accuracy gate cannot run {path.name} here ({e}); its accuracy is not measured")
+        return None
+    figures = {**public(measure(candidate, reference, data, None, progress)), "measured": f"{path.suffix} artifact"}
+    write_metadata(path, metadata.with_(extra={**metadata.extra, "accuracy": figures}))
+    return figures
+
+
+def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metadata: ArtifactMetadata,
+                  figures: dict) -> None:
+    """<artifact>.accuracy.json: the gate's figures, the settings and (INT8) how the layers were chosen."""
+    report = {"artifact": artifact.name, "target": target, "variant": metadata.variant,
+              "input_size": list(metadata.input_size), "accuracy": figures,
+              "settings": {k: v for k, v in vars(settings).items() if v is not None},
+              **({"int8": metadata.extra["int8"]} if "int8" in metadata.extra else {})}
+    dest = artifact.with_name(artifact.name + ".accuracy.json")
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    step(f"accuracy report: {dest}")
 
 
 def _layout(decode: str) -> str:

@@ -40,6 +40,17 @@ def export_onnx(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, op
     return out_path
 
 
+def export_onnx_int8(model: nn.Module, metadata: ArtifactMetadata, out_path: Path,
+                     options: Mapping[str, Any]) -> Path:
+    """The onnx-int8 target: the QDQ graph calibration.int8 chose and measured (options["int8"]), with
+    `metadata` embedded."""
+    proto = options["int8"].qdq_onnx
+    _embed(proto, metadata)
+    step(f"writing INT8 QDQ ONNX, {len(proto.graph.node)} nodes")
+    onnx.save(proto, str(out_path))
+    return out_path
+
+
 def build_onnx(model: nn.Module, metadata: ArtifactMetadata, opset: int = 17, simplify: bool = True,
                verify: bool = True) -> onnx.ModelProto:
     """The ONNX graph of `model` (deployed) in the metadata's layout, batch and size, with the metadata

@@ -16,13 +16,12 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from ..decode import decode
 from ..errors import ExportError
-from ..metadata import METADATA_KEY, OUTPUT_NAMES, RAW, ArtifactMetadata
+from ..metadata import METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
 from ..progress import step
 from ..runtimes.openvino import OpenVinoRuntime, import_openvino
 from .onnx import INPUT_NAME, VERIFY_ATOL, VERIFY_MIN_AGREEMENT, _agreeing_rows, _rows, _width, build_onnx
-from ..decode import box_iou
+from ..decode import box_iou, top_detections
 
 COMPRESS = {"fp32": False, "fp16": True}  # metadata.precision -> save_model(compress_to_fp16=)
 FP16_TOP = 100  # fp16 weights move scores a little: the check compares the top detections instead
@@ -106,15 +105,9 @@ def top_agreement(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
                   top: int = FP16_TOP, min_iou: float = FP16_MIN_IOU) -> float:
     """The fraction of the expected top detections (per image) that `got` also has among its top:
     same label, box IoU >= min_iou. RAW outputs are decoded first."""
-    a, b = _detections(got, layout, top), _detections(expected, layout, top)
+    a, b = top_detections(got, layout, top), top_detections(expected, layout, top)
     fractions = []
     for (_, labels, boxes), (_, ref_labels, ref_boxes) in zip(zip(*a), zip(*b)):
         iou = box_iou(ref_boxes, boxes)  # [top, top]
         fractions.append(np.mean(((ref_labels[:, None] == labels[None, :]) & (iou >= min_iou)).any(1)))
     return float(np.mean(fractions))
-
-
-def _detections(outputs: Mapping[str, np.ndarray], layout: str, top: int):
-    if layout == RAW:
-        return decode(outputs["logits"], outputs["boxes"], top)
-    return outputs["scores"][:, :top], outputs["labels"][:, :top], outputs["boxes"][:, :top]

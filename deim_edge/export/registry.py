@@ -124,3 +124,35 @@ for _precision in ("fp32", "fp16"):
         description=f"TensorRT engine, {_precision} (Jetson, T4); without tensorrt + a CUDA GPU, a bundle "
                     f"to build it on the device",
     ))
+
+# INT8: calibrated on the user's images (--calib-data), layers chosen by calibration.int8, measured by the gate
+QDQ_TARGETS = ("onnx-int8", "trt-int8")  # the artifact is the QDQ graph the search measured
+register(Target(
+    name="onnx-int8", suffix=".onnx", extra="onnx", requires=("torch", "onnx", "onnxruntime"),
+    entry="deim_edge.export.onnx:export_onnx_int8", options=ONNX_OPTIONS, precision="int8",
+    description="ONNX with INT8 QDQ: backbone and encoder INT8, decoder float (ONNX Runtime CPU)",
+))
+register(Target(
+    name="openvino-int8", suffix=".xml", extra="openvino", requires=("torch", "onnx", "onnxruntime", "openvino", "nncf"),
+    entry="deim_edge.export.openvino_int8:export_openvino_int8", options=ONNX_OPTIONS, precision="int8",
+    description="OpenVINO IR quantized by NNCF on the same layers (Intel CPU, GPU, NPU)",
+))
+register(Target(
+    name="tflite-int8", suffix=".tflite", extra="tflite", requires=("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow"),
+    entry="deim_edge.export.tflite_int8:export_tflite_int8", options=ONNX_OPTIONS, precision="int8",
+    description="TFLite / LiteRT with INT8 where it keeps accuracy (the report says which mode)",
+))
+register(Target(
+    name="coreml-int8", suffix=".mlpackage", extra="coreml", requires=("torch", "onnx", "onnxruntime", "coremltools"),
+    entry="deim_edge.export.coreml_int8:export_coreml_int8",
+    options={"verify": True, "minimum_deployment_target": "iOS16", "opset": 17, "simplify": True},
+    precision="int8", description="CoreML ML program with INT8 weights on the chosen layers (iPhone, iPad, Mac)",
+))
+register(Target(
+    name="trt-int8", suffix=".engine", extra="tensorrt", requires=("torch", "onnx", "onnxruntime"),
+    entry="deim_edge.export.tensorrt:export_tensorrt",
+    options={**ONNX_OPTIONS, "workspace_gb": 4.0, "dla_core": None, "max_batch": None, "timing_cache": None},
+    precision="int8",
+    description="TensorRT explicit-precision INT8 engine from a calibrated QDQ ONNX; without tensorrt + a CUDA "
+                "GPU, a bundle to build it on the device",
+))

@@ -36,7 +36,7 @@ INDEX_INPUTS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}  # op -> the in
 SHAPE_OPS = {"Unsqueeze", "Squeeze", "Reshape", "Expand", "Tile", "Flatten", "Transpose", "Identity", "Slice"}
 INT_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min", "Max", "Concat"}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
-ENGINE_CHECK = {"fp32": (VERIFY_ATOL, 0.9), "fp16": (0.05, 0.5)}  # atol, least agreeing rows vs ONNX Runtime
+ENGINE_CHECK = {"fp32": (VERIFY_ATOL, 0.9), "fp16": (0.05, 0.5), "int8": (0.1, 0.3)}  # atol, least agreeing rows vs ONNX Runtime
 
 
 def export_tensorrt(model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
@@ -50,9 +50,11 @@ def export_tensorrt(model: Any, metadata: ArtifactMetadata, out_path: Path, opti
     missing = cuda_status()
     if missing is None:  # version errors too
         check_version(import_tensorrt().__version__, build.precision)
-    proto = build_onnx(model, metadata, int(options.get("opset", ONNX_OPSET)), bool(options.get("simplify", True)),
-                       bool(options.get("verify", True)))
-    proto = prepare_onnx(proto, metadata)
+    proto = options.get("int8_onnx")  # trt-int8: the QDQ graph of calibration.int8 (already TensorRT-ready)
+    if proto is None:
+        proto = build_onnx(model, metadata, int(options.get("opset", ONNX_OPSET)), bool(options.get("simplify", True)),
+                           bool(options.get("verify", True)))
+        proto = prepare_onnx(proto, metadata)
     if missing is None:
         build_engine_file(proto.SerializeToString(), metadata, build, out_path, gate=False)
         if options["verify"]:
@@ -248,7 +250,7 @@ def write_bundle(proto: onnx.ModelProto, metadata: ArtifactMetadata, options: Bu
     onnx_name = f"{path.stem}.onnx"
     onnx.save(proto, str(path / onnx_name))
     write_bundle_record(path, onnx_name, options, metadata)
-    layers, outputs = fp32_layers(proto) if options.precision == "fp16" else ([], [])
+    layers, outputs = fp32_layers(proto) if options.precision in ("fp16", "int8") else ([], [])
     script = path / "build.sh"
     script.write_text(build_script(onnx_name, metadata, options, layers, outputs), encoding="utf-8")
     script.chmod(0o755)
@@ -263,8 +265,8 @@ def trtexec_args(onnx_name: str, metadata: ArtifactMetadata, options: BuildOptio
     """The trtexec arguments that build the raw engine `<name>.engine` beside `onnx_name`."""
     args = [f"--onnx={onnx_name}", f"--saveEngine={Path(onnx_name).stem}.engine",
             f"--memPoolSize=workspace:{round(options.workspace_gb * 1024)}"]
-    if options.precision == "fp16":
-        args.append("--fp16")
+    if options.precision in ("fp16", "int8"):
+        args += ["--fp16", "--int8"] if options.precision == "int8" else ["--fp16"]
         if layers:
             args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in layers)]
         if outputs:
@@ -320,7 +322,7 @@ def readme(bundle: str, onnx_name: str, metadata: ArtifactMetadata, options: Bui
     h, w = metadata.input_size
     profile = options.batch_profile(metadata)
     batch = f"any batch from {profile[0]} to {profile[2]}" if profile else f"batches of {metadata.batch}"
-    count = f"{len(layers)} in this graph" + ("" if options.precision == "fp16" else "; none: fp32 engine")
+    count = f"{len(layers)} in this graph" + ("" if options.precision != "fp32" else "; none: fp32 engine")
     reasons = Counter(fp32_reason(n) for n in layers)
     kept = "\n".join(f"    {reasons[reason]:4d}  {reason}" for reason, _ in FP32_RULES if reasons[reason])
     rules = "\n".join(f"    {pattern.pattern}" for _, pattern in FP32_RULES)

@@ -25,13 +25,12 @@ import numpy as np
 import onnx
 from torch import nn
 
-from ..decode import decode
 from ..errors import ConfigError, ExportError, ModelFileError
-from ..metadata import METADATA_KEY, RAW, ArtifactMetadata
+from ..metadata import METADATA_KEY, ArtifactMetadata
 from ..progress import step
 from ..tflite_metadata import FILE_IDENTIFIER
 from .onnx import INPUT_NAME, build_onnx
-from ..decode import box_iou
+from ..decode import box_iou, top_detections
 
 # onnx2tf loads this file from its working folder (else downloads it) to feed sample images through the
 # graph while converting, whenever the input looks like a batch of images (see its download_test_image_data)
@@ -220,19 +219,11 @@ def check_against_onnxruntime(path: Path, proto: onnx.ModelProto, metadata: Arti
             + ". onnx2tf converted some op wrongly; try another --opset or --no-simplify, and please report it")
 
 
-def detections(outputs: Mapping[str, np.ndarray], metadata: ArtifactMetadata,
-               k: int = CHECK_TOP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, labels, xyxy boxes) of the top-k detections of RAW or TOPK outputs."""
-    if metadata.output == RAW:
-        return decode(outputs["logits"], outputs["boxes"], k)
-    return outputs["scores"][:, :k], outputs["labels"][:, :k], outputs["boxes"][:, :k]
-
-
 def compare_detections(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
                        metadata: ArtifactMetadata, k: int = CHECK_TOP) -> tuple[float, float]:
     """(fraction of the expected top-k detections found in `got` with the same label and IoU >= 0.9,
     largest score or box coordinate difference between those pairs)."""
-    ours, ref = detections(got, metadata, k), detections(expected, metadata, k)
+    ours, ref = top_detections(got, metadata.output, k), top_detections(expected, metadata.output, k)
     found, total, diff = 0, 0, 0.0
     for b in range(len(ref[0])):
         iou = box_iou(ref[2][b], ours[2][b])  # [K_ref, K_ours]

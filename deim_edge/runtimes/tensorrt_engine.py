@@ -11,7 +11,7 @@ Engine file (`.engine`), format 1; the runtime reads the header without TensorRT
                     "deim_edge": the artifact metadata (ArtifactMetadata.to_json(), as an object),
                     "tensorrt": the version of TensorRT that built the engine, e.g. "10.3.0.30",
                     "device": {"name": "Orin", "compute_capability": "8.7"},
-                    "precision": "fp32" | "fp16", "fp32_layers": layers kept in FP32 (fp16 engines),
+                    "precision": "fp32" | "fp16" | "int8", "fp32_layers": layers kept in FP32 (fp16/int8 engines),
                     "dla_core": null | int, "batch": null (static) | {"min", "opt", "max"} (dynamic),
                     "onnx_sha256": hex digest of the ONNX file the engine was built from
     then          the serialized engine (what IBuilder.build_serialized_network returns), to the end
@@ -44,7 +44,7 @@ MAGIC = b"DEIMTRT\x00"
 FORMAT = 1
 BUNDLE_SUFFIX = ".trt"
 BUILD_FILE, METADATA_FILE = "build.json", "metadata.json"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: an explicit-precision (QDQ) graph, the rest FP16
 DEFAULT_MAX_BATCH = 8  # of the optimization profile of a dynamic-batch engine (min 1, opt = max)
 TOPK_MAX_K = 3840  # TensorRT's ITopKLayer limit
 
@@ -112,7 +112,7 @@ def check_version(version: str, precision: str) -> tuple[int, ...]:
         raise MissingDependencyError(
             f"TensorRT {version} has no native GridSample, which DEIMv2's decoder needs: use TensorRT "
             f"{'.'.join(map(str, MIN_VERSION))} or newer (JetPack 6 on Jetson; pip install -U 'deim-edge[tensorrt]')")
-    if precision == "fp16" and v[:2] in BAD_FP16_VERSIONS:
+    if precision in ("fp16", "int8") and v[:2] in BAD_FP16_VERSIONS:
         warn(f"TensorRT {version}: FP16 engines of DEIMv2-like detectors built by TensorRT "
              f"{'.'.join(map(str, v[:2]))}.x are known to give wrong or empty detections. deim-edge keeps the "
              f"sensitive layers in FP32, the reported fix; if detections still look wrong, use TensorRT 10.3 "
@@ -160,8 +160,8 @@ class BuildOptions:
         if self.dla_core is not None:
             if int(self.dla_core) < 0:
                 raise ConfigError(f"dla_core must be 0 or more (or None), got {self.dla_core}")
-            if self.precision != "fp16":
-                raise ConfigError("DLA cores run FP16 (or INT8) layers only: use the trt-fp16 target with dla_core")
+            if self.precision == "fp32":
+                raise ConfigError("DLA cores run FP16 or INT8 layers only: use trt-fp16 or trt-int8 with dla_core")
         if self.max_batch is not None and int(self.max_batch) < 1:
             raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
 
@@ -373,8 +373,10 @@ def build_engine(onnx: bytes, metadata: ArtifactMetadata, options: BuildOptions,
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
-    if options.precision == "fp16":
+    if options.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
+        if options.precision == "int8":  # the graph's Q/DQ scales are used, no calibrator (explicit precision)
+            config.set_flag(trt.BuilderFlag.INT8)
         kept = constrain_fp32(trt, network, config if options.dla_core is not None else None)
         if kept:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)

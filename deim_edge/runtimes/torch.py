@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelFileError
-from ..metadata import COCO_CLASSES, ArtifactMetadata
+from ..metadata import COCO_CLASSES, RAW, ArtifactMetadata
 
 
 class TorchRuntime:
@@ -41,6 +41,16 @@ class TorchRuntime:
         names = class_names or (COCO_CLASSES if num_classes == 80 else [f"class{i}" for i in range(num_classes)])
         self.metadata = ArtifactMetadata.for_variant(variant, input_size=self.model.input_size, class_names=names,
                                                      batch=None)
+
+    @classmethod
+    def of(cls, model, metadata: ArtifactMetadata) -> TorchRuntime:
+        """A deployed in-memory model run as the runtime of an artifact with `metadata` (its FP32 reference)."""
+        import torch
+
+        runtime = cls.__new__(cls)
+        runtime._torch, runtime.model, runtime.device = torch, model, "cpu"
+        runtime.metadata = metadata.with_(batch=None, output=RAW, precision="fp32")
+        return runtime
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         with self._torch.inference_mode():

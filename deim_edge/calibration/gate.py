@@ -1,0 +1,155 @@
+"""The accuracy gate: an artifact measured against the FP32 PyTorch model on the same images.
+
+With COCO labels (--val-data), the COCO AP of both and the drop in AP points (AP50:95 x 100). Without labels,
+agreement with the FP32 model: the share of its detections (score >= REF_CONF, at most TOP per image) that the
+artifact finds again (same label, IoU >= MATCH_IOU), the mean IoU of those matches and their mean score error;
+the drop is then the share missed, in points (100 x (1 - matched)). Both are always reported when labels exist.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..bench.accuracy import ValSet, coco_ap
+from ..decode import box_iou
+from ..detector import Detector
+from ..errors import AccuracyGateError, ConfigError
+from ..preprocess import load_image
+from ..progress import Progress, step
+from ..results import Detections
+
+REF_CONF = 0.25  # the FP32 detections that must be found again (the Detector's default threshold)
+TOP = 100
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class GateData:
+    """The images the gate runs on: a labelled COCO set, or unlabelled images (arrays, RGB)."""
+
+    val: ValSet | None = None
+    images: tuple[np.ndarray, ...] = ()
+    description: str = ""
+
+    @classmethod
+    def find(cls, val_data: str | os.PathLike | None, fallback: Sequence[np.ndarray] = (),
+             fallback_description: str = "") -> GateData:
+        """A COCO folder (annotations/instances_val.json + val/) gives AP; a folder of plain images gives
+        agreement; None: `fallback` (e.g. the calibration images) for agreement."""
+        if val_data is None:
+            if not len(fallback):
+                raise ConfigError("the accuracy gate needs images: give --val-data (a COCO folder, or a folder of "
+                                  "images)")
+            return cls(images=tuple(fallback), description=fallback_description)
+        root = Path(val_data)
+        if root.is_dir() and not (root / "annotations").is_dir():
+            from ..bench.inputs import image_files
+
+            files = image_files([root])
+            return cls(images=tuple(load_image(f, color="RGB") for f in files),
+                       description=f"{len(files)} unlabelled images in {root}")
+        val = ValSet.find(root)
+        return cls(val=val, description=f"COCO {val.annotations}")
+
+
+def detection_agreement(reference: Sequence[Detections], candidate: Sequence[Detections]) -> dict[str, float]:
+    """How well `candidate` reproduces `reference` image by image (see the module docstring)."""
+    matched, total, ious, errors = 0, 0, [], []
+    for ref, got in zip(reference, candidate):
+        keep = np.argsort(-ref.scores)[:TOP]
+        keep = keep[ref.scores[keep] >= REF_CONF]
+        total += len(keep)
+        if not len(keep) or not len(got.scores):
+            continue
+        iou = box_iou(ref.xyxy[keep], got.xyxy)  # [R, C]
+        iou[ref.labels[keep][:, None] != got.labels[None, :]] = 0
+        used = np.zeros(len(got.scores), bool)
+        for r in range(len(keep)):  # greedy, highest reference score first
+            row = np.where(used, -1.0, iou[r])
+            c = int(row.argmax())
+            if row[c] >= MATCH_IOU:
+                used[c] = True
+                matched += 1
+                ious.append(row[c])
+                errors.append(abs(float(ref.scores[keep[r]]) - float(got.scores[c])))
+    return {"matched": round(matched / total, 4) if total else 1.0, "reference_detections": total,
+            "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+            "score_error": round(float(np.mean(errors)), 5) if errors else None}
+
+
+def measure(candidate: Detector, reference: Detector, data: GateData,
+            reference_figures: dict | None = None, progress: bool = True) -> dict:
+    """The gate's figures of `candidate` against `reference` (the FP32 model) on `data`; `reference_figures`
+    (a previous call's "reference" entry) saves running the reference again."""
+    images = data.images if data.val is None else _val_images(data.val)
+    ref_dets = (reference_figures or {}).get("_detections") or _detect(reference, images, "FP32 reference", progress)
+    got = _detect(candidate, images, "artifact", progress)
+    figures = {"images": len(images), "data": data.description, **detection_agreement(ref_dets, got)}
+    if data.val is not None:
+        ref_ap = (reference_figures or {}).get("AP") or coco_ap(reference, data.val, "FP32 AP")
+        ap = coco_ap(candidate, data.val, "artifact AP")
+        figures.update({"metric": "AP", "AP": ap["AP"], "AP50": ap["AP50"], "reference_AP": ref_ap["AP"],
+                        "reference_AP50": ref_ap["AP50"], "drop": round(100 * (ref_ap["AP"] - ap["AP"]), 2)})
+        figures["_reference"] = {"AP": ref_ap, "_detections": ref_dets}
+    else:
+        figures.update({"metric": "agreement", "drop": round(100 * (1 - figures["matched"]), 2)})
+        figures["_reference"] = {"_detections": ref_dets}
+    step(f"accuracy: {summary(figures)}")
+    return figures
+
+
+def check(figures: dict, max_drop: float | None, what: str) -> None:
+    """AccuracyGateError when the drop exceeds max_drop (None: no limit)."""
+    if max_drop is not None and figures["drop"] > max_drop:
+        raise AccuracyGateError(f"{what} fails the accuracy gate: {summary(figures)}, more than --max-drop "
+                                f"{max_drop:g}; nothing was written")
+
+
+def summary(figures: dict) -> str:
+    """One line: the drop and what it is measured in."""
+    agreement = (f"{figures['matched']:.1%} of {figures['reference_detections']} FP32 detections matched, "
+                 f"mean IoU {figures['mean_iou']}, score error {figures['score_error']}")
+    if figures["metric"] == "AP":
+        return (f"AP {figures['AP']:.4f} vs FP32 {figures['reference_AP']:.4f} (drop {figures['drop']:.2f} AP "
+                f"points) on {figures['images']} images; {agreement}")
+    return f"drop {figures['drop']:.2f} points of agreement on {figures['images']} images: {agreement}"
+
+
+def public(figures: dict) -> dict:
+    """The figures without the cached reference results (what goes into metadata and reports)."""
+    return {k: v for k, v in figures.items() if not k.startswith("_")}
+
+
+def _val_images(val: ValSet) -> list[np.ndarray]:
+    import contextlib
+    import io
+
+    from ..bench.accuracy import coco_api
+
+    coco_cls, _ = coco_api()
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = coco_cls(str(val.annotations))
+    infos = gt.loadImgs(sorted(gt.getImgIds())[: val.max_images])
+    missing = [i["file_name"] for i in infos if not (val.images / i["file_name"]).is_file()]
+    if missing:
+        raise ConfigError(f"{len(missing)} of the {len(infos)} images {val.annotations.name} lists are not in "
+                          f"{val.images} (first: {missing[0]}): the annotation file does not match the image folder")
+    return [load_image(val.images / i["file_name"], color="RGB") for i in infos]
+
+
+def _detect(detector: Detector, images: Sequence[np.ndarray], desc: str, progress: bool) -> list[Detections]:
+    conf, detector.conf = detector.conf, 0.0
+    out = []
+    try:
+        with Progress(len(images), desc, enabled=progress) as bar:
+            for image in images:
+                out.append(detector(image, color="RGB"))
+                bar.update()
+    finally:
+        detector.conf = conf
+    return out

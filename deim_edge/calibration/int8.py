@@ -1,0 +1,88 @@
+"""One INT8 export, backend by backend the same: calibrate, choose the INT8 layers (recipe, then the sensitivity
+search against the accuracy budget, measured on the QDQ graph in ONNX Runtime), and hand the backend the plan.
+
+The search runs on ONNX Runtime because it quantizes in about a second; the backend (NNCF, the TFLite converter,
+coremltools, TensorRT) then quantizes the same layers, and its own artifact is measured again by the gate.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..detector import Detector
+from ..errors import ConfigError
+from ..metadata import ArtifactMetadata
+from ..progress import step
+from ..runtimes.torch import TorchRuntime
+from .data import CalibrationSet, load_calibration
+from .gate import GateData, measure, public
+from .qdq import QdqQuantizer
+from .recipe import Plan, make_plan
+from .sensitivity import rank_layers, search
+from .settings import DEFAULT_BUDGET, QuantizeSettings
+
+@dataclass
+class Int8Plan:
+    """What a backend needs to write its INT8 artifact, and what the report says about how it was chosen."""
+
+    fp32_onnx: onnx.ModelProto
+    calibration: CalibrationSet
+    plan: Plan
+    qdq_onnx: onnx.ModelProto  # the plan as a QDQ graph (the onnx-int8 artifact; TensorRT-ready for trt-int8)
+    figures: dict  # the gate's figures of qdq_onnx in ONNX Runtime
+    rounds: list[dict] = field(default_factory=list)
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+
+    def record(self, settings: QuantizeSettings) -> dict:
+        """metadata.extra["int8"]: how the artifact was quantized."""
+        return {"recipe": settings.recipe, "calib_method": settings.calib_method,
+                "calibration": self.calibration.summary(), **self.plan.summary(), "search": self.rounds,
+                "sensitivity": [list(s) for s in self.ranking[:10]]}
+
+
+def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings, fp32_onnx: onnx.ModelProto,
+              style: str = "ort", progress: bool = True) -> tuple[Int8Plan, Detector, GateData]:
+    """Calibrate on settings.calib_data, choose the INT8 layers and quantize `fp32_onnx` (the graph the backend
+    converts; TensorRT-ready for style "trt"). Also returns the FP32 reference and the gate data for the final
+    measurement of the backend's artifact."""
+    if settings.calib_data is None:
+        raise ConfigError("INT8 needs calibration images: --calib-data FOLDER (or a COCO .json, a video, or "
+                          "'synthetic')")
+    calibration = load_calibration(settings.calib_data, metadata, settings.calib_size, progress=progress)
+    step(f"calibration set: {len(calibration)} images" + (f", {len(calibration.skipped)} unreadable skipped"
+                                                          if calibration.skipped else ""))
+    reference = Detector(TorchRuntime.of(model, metadata))
+    data = GateData.find(settings.val_data, calibration.images, f"{len(calibration)} calibration images (no "
+                                                                   f"--val-data: agreement with FP32)")
+    plan = make_plan(fp32_onnx, settings.recipe)
+    with QdqQuantizer(fp32_onnx, calibration.batches(), plan.op_types, settings.calib_method, style,
+                      progress) as quantizer, tempfile.TemporaryDirectory(prefix="deim-edge-gate-") as folder:
+        cache: dict = {}
+
+        def measure_plan(candidate: Plan) -> dict:
+            path = Path(folder) / "candidate.onnx"
+            onnx.save(quantizer.quantize(candidate.nodes), str(path))
+            step(f"measuring {candidate.recipe} INT8 ({len(candidate.nodes)} nodes, "
+                 f"{len(candidate.float_layers)} layers kept float) in ONNX Runtime")
+            figures = measure(Detector(path, threads=1), reference, data, cache.get("reference"), progress)
+            cache.setdefault("reference", figures["_reference"])
+            return figures
+
+        ranking: list = []
+
+        def rank() -> list[tuple[str, float]]:
+            ranking.extend(rank_layers(quantizer, plan, fp32_onnx, calibration.batches(), metadata, progress))
+            return ranking
+
+        if settings.recipe == "naive":  # the baseline: measured as it is, never searched
+            chosen, figures, rounds = plan, measure_plan(plan), []
+        else:
+            budget = settings.max_drop if settings.max_drop is not None else DEFAULT_BUDGET
+            chosen, figures, rounds = search(plan, measure_plan, rank, budget, fail=settings.max_drop is not None)
+        qdq = quantizer.quantize(chosen.nodes)
+    return Int8Plan(fp32_onnx, calibration, chosen, qdq, public(figures), rounds, ranking), reference, data

@@ -1,0 +1,79 @@
+"""Quantization recipes: which nodes of a deim-edge ONNX graph may be INT8, grouped into layers.
+
+ONNX node names keep the PyTorch module scope (/model/backbone/stem/stem1/conv/Conv), so a node's layer is its
+module: the name without the op and without the leaf submodules a conv unit is made of (conv, act, lab, ...).
+
+- "detr" (the default): INT8 for the backbone and the hybrid encoder (convolutions with their activations,
+  affine blocks, adds, concatenations, pooling, resizes); float for the whole decoder, where the field found
+  DETRs break (sampling offsets, attention weights, softmax, the box distributions and their integral, score
+  heads, top-k). The sensitivity analysis then moves the layers that still cost accuracy back to float.
+- "naive": every node of every quantizable op type anywhere, the quantize-everything baseline.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import ConfigError
+from .settings import RECIPES
+
+# op types quantized in backbone and encoder (ONNX Runtime keeps chains of these in int8 between convolutions)
+DETR_OP_TYPES = ("Conv", "Relu", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "Resize", "Sigmoid", "Split",
+                 "Pad", "MatMul", "Gemm")
+INT8_SCOPES = ("/model/backbone/", "/model/encoder/")
+# the naive baseline adds what a quantize-everything run touches in the decoder and the decode
+NAIVE_OP_TYPES = (*DETR_OP_TYPES, "Softmax", "GridSample", "Gather", "GatherElements", "Transpose", "Reshape",
+                  "Squeeze", "Unsqueeze", "Slice", "TopK", "Sub", "Div", "Clip", "ReduceMean", "Tile", "Expand")
+LEAF_MODULES = {"conv", "act", "lab", "bn", "norm", "conv_bn_fused"}  # parts of one conv unit
+TRT_OP_TYPES = ("Conv", "MatMul", "Gemm")  # TensorRT fuses Q/DQ into these; it picks int8 for the rest itself
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The layers a recipe makes INT8 (each: its node names), in graph order, minus those kept float."""
+
+    recipe: str
+    layers: dict[str, tuple[str, ...]]  # layer -> node names
+    op_types: tuple[str, ...]
+    float_layers: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> list[str]:
+        """The node names to quantize."""
+        kept = set(self.float_layers)
+        return [n for layer, names in self.layers.items() if layer not in kept for n in names]
+
+    def keep_float(self, *layers: str) -> Plan:
+        """The same plan with `layers` moved back to float."""
+        return Plan(self.recipe, self.layers, self.op_types, (*self.float_layers, *layers))
+
+    def summary(self) -> dict:
+        return {"recipe": self.recipe, "int8_layers": len(self.layers) - len(set(self.float_layers)),
+                "int8_nodes": len(self.nodes), "float_layers": list(self.float_layers)}
+
+
+def layer_of(node_name: str) -> str:
+    """/model/backbone/stem/stem1/conv/Conv -> /model/backbone/stem/stem1."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    while parts and parts[-1] in LEAF_MODULES:
+        parts.pop()
+    return "/" + "/".join(parts)
+
+
+def make_plan(proto: onnx.ModelProto, recipe: str = "detr", op_types: tuple[str, ...] | None = None) -> Plan:
+    """The INT8 layers of `recipe` in `proto`; op_types narrows the op types (e.g. TRT_OP_TYPES)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown quantization recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    allowed = DETR_OP_TYPES if recipe == "detr" else NAIVE_OP_TYPES
+    types = tuple(t for t in allowed if op_types is None or t in op_types)
+    layers: dict[str, list[str]] = defaultdict(list)
+    for node in proto.graph.node:
+        if node.op_type in types and (recipe == "naive" or node.name.startswith(INT8_SCOPES)):
+            layers[layer_of(node.name)].append(node.name)
+    if not layers:
+        raise ConfigError(f"the {recipe} recipe finds nothing to quantize in this graph (no {', '.join(types)} "
+                          f"nodes under {', '.join(INT8_SCOPES)}); is it a deim-edge export?")
+    return Plan(recipe, {k: tuple(v) for k, v in layers.items()}, types)
