@@ -82,7 +82,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
                 if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
                     figures, gate = None, _float_gate(model, metadata, settings)
                 if gate is not None:  # the backend's own artifact, measured
-                    figures = _gate_artifact(written, metadata, settings, *gate, progress)
+                    figures = _gate_artifact(written, *gate, progress)
                 if figures is not None:
                     from ..calibration.gate import check
 
@@ -132,8 +132,7 @@ def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: Quantize
     return Detector(TorchRuntime.of(model, metadata)), data
 
 
-def _gate_artifact(path: Path, metadata: ArtifactMetadata, settings: QuantizeSettings, reference, data,
-                   progress: bool) -> dict | None:
+def _gate_artifact(path: Path, reference, data, progress: bool) -> dict | None:
     """The gate's figures of the written artifact, also stamped into its metadata; None (with a warning) where
     the artifact cannot run here."""
     from ..calibration.gate import measure, public
@@ -146,7 +145,8 @@ def _gate_artifact(path: Path, metadata: ArtifactMetadata, settings: QuantizeSet
         warn(f"the accuracy gate cannot run {path.name} here ({e}); its accuracy is not measured")
         return None
     figures = {**public(measure(candidate, reference, data, None, progress)), "measured": f"{path.suffix} artifact"}
-    write_metadata(path, metadata.with_(extra={**metadata.extra, "accuracy": figures}))
+    written = candidate.runtime.metadata  # as the backend wrote it (e.g. the TFLite INT8 mode it used)
+    write_metadata(path, written.with_(extra={**written.extra, "accuracy": figures}))
     return figures
 
 

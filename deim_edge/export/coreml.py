@@ -30,7 +30,7 @@ from ..runtimes.coreml import INPUT_NAME, read_metadata
 from .graph import wrap
 from ..decode import box_iou
 
-PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}  # metadata.precision -> ct.precision member
+PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32", "int8": "FLOAT16"}  # metadata.precision -> compute precision (int8: int8 weights)
 OLDEST_TARGET = "iOS15"  # ML programs need iOS 15 / macOS 12 / tvOS 15 / watchOS 8
 CLASSES_KEY = "classes"  # user_defined_metadata: the class names as a JSON list
 VERIFY_TOP = 100  # detections compared with PyTorch on macOS
@@ -72,6 +72,10 @@ def export_coreml(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, 
     except Exception as e:  # noqa: BLE001 -- coremltools raises bare exceptions for unsupported ops
         raise ExportError(f"coremltools could not convert the model for {target_name}: {type(e).__name__}: {e}. "
                           f"A newer minimum_deployment_target (e.g. iOS17) may support the op") from e
+    if "int8" in options:  # coreml-int8: the plan's INT8 layers get int8 weights (calibration.int8)
+        from .coreml_int8 import float_weights, quantize_coreml_weights
+
+        mlmodel = quantize_coreml_weights(mlmodel, float_weights(mlmodel, options["int8"].plan))
     describe(mlmodel, metadata)
     check_interface(mlmodel.get_spec(), metadata)
     if not options.get("verify", True):

@@ -18,13 +18,15 @@ import contextlib
 import io
 import logging
 import sys
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from ..errors import ConfigError, ExportError, MissingDependencyError
+from ..metadata import METADATA_KEY, ArtifactMetadata
 from ..progress import step
 from ..runtimes.openvino import import_openvino
 
@@ -34,7 +36,23 @@ if TYPE_CHECKING:
 METHODS = ("minmax", "percentile")  # calibration methods NNCF has an equivalent of
 PERCENTILE_OUTLIER = 1e-4  # "percentile": each activation's range is its 0.01 / 99.99 % quantile, averaged
 STRUCTURAL = frozenset({"Constant", "Parameter", "Result"})  # ops NNCF never quantizes; never in a scope
+WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})  # ONNX ops whose OpenVINO ops must be found
 SUFFIX_SEPARATOR = "/"  # OpenVINO names ops it splits off a node "<name>/WithoutBiases", ...
+
+
+def export_openvino_int8(model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
+    """The openvino-int8 target: NNCF INT8 on the layers of the plan calibration.int8 chose (options["int8"]),
+    the IR written to `out_path` (.xml + .bin) with `metadata` in its rt_info."""
+    plan = options["int8"]
+    ov_model = quantize_openvino(plan.fp32_onnx, plan.calibration.batches(), plan.plan.nodes,
+                                 metadata.extra["int8"]["calib_method"], progress=True)
+    ov_model.set_rt_info(metadata.to_json(), METADATA_KEY)
+    step("writing the INT8 IR")
+    try:
+        import_openvino().save_model(ov_model, str(out_path), compress_to_fp16=False)
+    except RuntimeError as e:  # OpenVINO reports write failures as RuntimeError
+        raise ExportError(f"OpenVINO cannot write {Path(out_path).name}: {e}") from e
+    return Path(out_path)
 
 
 def quantize_openvino(proto: onnx.ModelProto, batches: Sequence[np.ndarray], quantize_nodes: Collection[str],
@@ -60,7 +78,7 @@ def quantize_openvino(proto: onnx.ModelProto, batches: Sequence[np.ndarray], qua
     except Exception as e:  # noqa: BLE001 -- the converter reports unsupported ops as its own error types
         raise ExportError(f"OpenVINO cannot convert the ONNX graph: {type(e).__name__}: {e}") from e
     ops = ov_ops_by_onnx_node(proto, model)
-    float_ops = float_op_names(model, ops, quantize_nodes)
+    float_ops = float_op_names(proto, ops, quantize_nodes)
     step(f"NNCF {method} calibration on {len(batches)} images, {len(float_ops)} ops kept float")
     advanced = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=range_params)
     try:
@@ -97,34 +115,30 @@ def ov_ops_by_onnx_node(proto: onnx.ModelProto, model: "openvino.Model") -> dict
     return found
 
 
-def float_op_names(model: "openvino.Model", ops: dict[str, frozenset[str]], quantize_nodes: Collection[str]
+def float_op_names(proto: onnx.ModelProto, ops: dict[str, frozenset[str]], quantize_nodes: Collection[str]
                    ) -> set[str]:
     """The friendly names of the ops to keep float: all but those made only from nodes in
-    `quantize_nodes`. ExportError when the ops to quantize miss a large share of the quantizable ONNX
-    nodes named (Conv, Gemm, MatMul), i.e. the name matching failed."""
+    `quantize_nodes`. ExportError when a Conv/Gemm/MatMul node with weights named has no op in the quantized set
+    (the ONNX -> OpenVINO name matching no longer works: the INT8 model would silently be float)."""
     wanted = set(quantize_nodes)
     quantized = {name for name, nodes in ops.items() if nodes and nodes <= wanted}
-    covered = set().union(*(ops[name] for name in quantized)) if quantized else set()
-    _check_coverage(model, ops, quantized, covered, wanted)
-    step(f"INT8 scope: {len(quantized)} OpenVINO ops from {len(covered)} of the {len(wanted)} ONNX nodes named")
+    covered = set().union(*(ops[name] for name in quantized))
+    weighted = {node.name for node in _weighted_nodes(proto) if node.name in wanted}
+    missed = sorted(weighted - covered)
+    if missed:
+        raise ExportError(f"{len(missed)} of the {len(weighted)} Conv/Gemm/MatMul nodes with weights to quantize match no "
+                          f"OpenVINO op (e.g. {missed[:3]}): OpenVINO's op names no longer follow the ONNX graph's")
+    step(f"INT8 scope: {len(quantized)} OpenVINO ops from {len(covered)} of the {len(wanted)} ONNX nodes named "
+         f"(all {len(weighted)} Conv/Gemm/MatMul with weights)")
     return set(ops) - quantized
 
 
-def _check_coverage(model, ops: dict[str, frozenset[str]], quantized: set[str], covered: set[str],
-                    wanted: set[str]) -> None:
-    """Every op that computes with weights (Convolution, MatMul, ...) made from a named node must be in
-    the quantized set; a miss means the ONNX -> OpenVINO name matching no longer works."""
-    weighted = {op.get_friendly_name() for op in model.get_ordered_ops()
-                if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")}
-    missed = sorted(name for name in weighted if name not in quantized and ops.get(name, frozenset()) & wanted
-                    and ops[name] <= wanted)
-    unmatched_weighted = sorted(name for name in weighted if not ops.get(name))
-    if missed or (wanted and not covered):
-        raise ExportError(f"the INT8 scope missed {len(missed)} convolutions/matmuls of the nodes to quantize "
-                          f"(e.g. {missed[:3]}); OpenVINO's op names no longer match the ONNX graph's")
-    if unmatched_weighted:
-        step(f"{len(unmatched_weighted)} convolutions/matmuls match no ONNX node and stay float: "
-             f"{unmatched_weighted[:3]}")
+def _weighted_nodes(proto: onnx.ModelProto) -> list:
+    """The Conv/Gemm/MatMul nodes with a constant input (weights): OpenVINO keeps each as its own op, where
+    activation x activation MatMuls may be fused away (attention into ScaledDotProductAttention)."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {out for node in proto.graph.node if node.op_type == "Constant" for out in node.output}
+    return [node for node in proto.graph.node if node.op_type in WEIGHTED and constants & set(node.input)]
 
 
 def _node_by_name(name: str, node_names: set[str], node_of_output: dict[str, str]) -> set[str]:
@@ -165,17 +179,20 @@ def _range_estimator(nncf, method: str) -> Any:
 
 @contextlib.contextmanager
 def _nncf_output(progress: bool) -> Iterator[None]:
-    """NNCF writes its log lines and progress bars to stdout: send them to stderr (progress) or nowhere."""
+    """NNCF writes its log (INFO: a line per op left unquantized, hundreds here) and its progress bars to
+    stdout: keep its warnings and, with `progress`, its bars, on stderr; drop the rest."""
     from nncf.common.logging.logger import nncf_logger
 
     level = nncf_logger.level
-    if not progress:
-        nncf_logger.setLevel(logging.ERROR)
+    streams = [(h, h.setStream(sys.stderr)) for h in nncf_logger.handlers if isinstance(h, logging.StreamHandler)]
+    nncf_logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
             yield
     finally:
         nncf_logger.setLevel(level)
+        for handler, stream in streams:
+            handler.setStream(stream)
 
 
 def _import_nncf():

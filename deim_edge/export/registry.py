@@ -139,12 +139,13 @@ register(Target(
 ))
 register(Target(
     name="tflite-int8", suffix=".tflite", extra="tflite", requires=("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow"),
-    entry="deim_edge.export.tflite_int8:export_tflite_int8", options=ONNX_OPTIONS, precision="int8",
-    description="TFLite / LiteRT with INT8 where it keeps accuracy (the report says which mode)",
+    entry="deim_edge.export.tflite_int8:export_tflite_int8", options={**ONNX_OPTIONS, "mode": "dynamic-range"},
+    precision="int8",
+    description="TFLite / LiteRT INT8 on the chosen layers: mode dynamic-range (int8 weights) or mixed (int8 weights and activations)",
 ))
 register(Target(
     name="coreml-int8", suffix=".mlpackage", extra="coreml", requires=("torch", "onnx", "onnxruntime", "coremltools"),
-    entry="deim_edge.export.coreml_int8:export_coreml_int8",
+    entry="deim_edge.export.coreml:export_coreml",
     options={"verify": True, "minimum_deployment_target": "iOS16", "opset": 17, "simplify": True},
     precision="int8", description="CoreML ML program with INT8 weights on the chosen layers (iPhone, iPad, Mac)",
 ))

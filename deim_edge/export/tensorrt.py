@@ -28,7 +28,7 @@ from ..metadata import ArtifactMetadata
 from ..progress import ExportWarning, step, warn
 from ..runtimes.tensorrt_engine import (BUNDLE_SUFFIX, FP32_RULES, BuildOptions, check_version, fp32_reason,
                                         import_tensorrt, write_bundle_record)
-from .onnx import INPUT_NAME, VERIFY_ATOL, _rows, _width, build_onnx
+from .onnx import INPUT_NAME, VERIFY_ATOL, _embed, _rows, _width, build_onnx
 
 ONNX_OPSET = 17
 INDEX_PRODUCERS = {"TopK": 1, "ArgMax": 0, "ArgMin": 0}  # op -> its int64 index output
@@ -50,8 +50,10 @@ def export_tensorrt(model: Any, metadata: ArtifactMetadata, out_path: Path, opti
     missing = cuda_status()
     if missing is None:  # version errors too
         check_version(import_tensorrt().__version__, build.precision)
-    proto = options.get("int8_onnx")  # trt-int8: the QDQ graph of calibration.int8 (already TensorRT-ready)
-    if proto is None:
+    if "int8" in options:  # trt-int8: the QDQ graph calibration.int8 made of the TensorRT-ready graph
+        proto = options["int8"].qdq_onnx
+        _embed(proto, metadata)
+    else:
         proto = build_onnx(model, metadata, int(options.get("opset", ONNX_OPSET)), bool(options.get("simplify", True)),
                            bool(options.get("verify", True)))
         proto = prepare_onnx(proto, metadata)

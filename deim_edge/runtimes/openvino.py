@@ -54,8 +54,9 @@ class OpenVinoRuntime:
         core = ov.Core()
         model = _read_model(core, path)
         self.metadata = _metadata(model, path)
-        if self.metadata.precision == "fp32" and precision is None and device.upper() == "CPU":
-            precision = "f32"  # CPUs with bf16 units would otherwise run fp32 artifacts in bf16 (~2e-3 drift)
+        if self.metadata.precision in ("fp32", "int8") and precision is None and device.upper() == "CPU":
+            precision = "f32"  # CPUs with bf16 units would run the float parts in bf16 (~2e-3 drift; int8 IRs:
+            # their float parts are the layers kept float for accuracy)
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper()}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
