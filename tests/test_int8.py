@@ -245,3 +245,49 @@ def test_coreml_int8_has_int8_weights_outside_the_decoder(tmp_path, val_data):
     assert not any("decoder" in o.name for q in quantized for o in q.outputs)
     if platform.system() != "Darwin":
         assert not (tmp_path / "atto.mlpackage.accuracy.json").exists()  # CoreML runs on Apple platforms only
+
+
+def test_recipes_keep_the_decoder_float_and_naive_does_not():
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    from deim_edge.calibration.recipe import layer_of, make_plan
+
+    names = ["/model/backbone/stem/stem1/conv/Conv", "/model/backbone/stem/stem1/act/Relu",
+             "/model/encoder/fpn_block/cv1/conv_bn_fused/Conv", "/model/decoder/decoder/layers.0/cross_attn/"
+             "sampling_offsets/MatMul", "/model/decoder/decoder/Softmax", "/TopK"]
+    ops = ["Conv", "Relu", "Conv", "MatMul", "Softmax", "TopK"]
+    graph = helper.make_graph([helper.make_node(op, [], [f"out{i}"], name=n) for i, (op, n) in
+                               enumerate(zip(ops, names))], "g", [], [])
+    proto = helper.make_model(graph)
+    detr, naive = make_plan(proto, "detr"), make_plan(proto, "naive")
+    assert list(detr.layers) == ["/model/backbone/stem/stem1", "/model/encoder/fpn_block/cv1"]
+    assert detr.nodes == names[:3]
+    assert set(naive.nodes) == set(names)
+    assert detr.keep_float("/model/backbone/stem/stem1").nodes == [names[2]]
+    assert layer_of(names[2]) == "/model/encoder/fpn_block/cv1"
+    with pytest.raises(ConfigError, match="recipe"):
+        make_plan(proto, "everything")
+
+
+def test_the_search_moves_the_most_sensitive_layers_back_until_within_budget():
+    from deim_edge.calibration.recipe import Plan
+    from deim_edge.calibration.sensitivity import search
+
+    plan = Plan("detr", {"a": ("a1",), "b": ("b1",), "c": ("c1",)}, ("Conv",))
+    cost = {"a": 0.2, "b": 1.5, "c": 0.6}  # what each INT8 layer costs in AP points
+    measure = lambda p: {"drop": round(sum(cost[k] for k in p.layers if k not in p.float_layers), 3)}  # noqa: E731
+    ranked = []
+
+    def ranking():
+        ranked.append(1)
+        return [("b", 0.9), ("c", 0.5), ("a", 0.1)]
+
+    chosen, figures, rounds = search(plan, measure, ranking, budget=1.0, fail=True)
+    assert chosen.float_layers == ("b",) and figures["drop"] == 0.8 and len(rounds) == 2 and ranked == [1]
+    chosen, figures, _ = search(plan, measure, ranking, budget=3.0, fail=True)
+    assert chosen.float_layers == () and len(ranked) == 1  # within budget: no sensitivity analysis at all
+    with pytest.raises(AccuracyGateError, match="could not keep"):
+        search(Plan("detr", {"b": ("b1",)}, ("Conv",)), lambda p: {"drop": 2.0, "metric": "agreement",
+               "matched": 0.98, "reference_detections": 10, "mean_iou": 0.9, "score_error": 0.01, "images": 1},
+               lambda: [("b", 1.0)], budget=1.0, fail=True)

@@ -55,8 +55,8 @@ def search(plan: Plan, measure: Callable[[Plan], dict], ranking: Callable[[], li
     order: list[tuple[str, float]] | None = None
     while figures["drop"] > budget and len(rounds) <= MAX_ROUNDS:
         order = order if order is not None else [s for s in ranking() if s[0] not in plan.float_layers]
-        if not order:
-            break
+        if not order or len(plan.layers) - len(set(plan.float_layers)) <= 1:
+            break  # nothing left to move, or only the last INT8 layer (an all-float model is not INT8)
         layer, sensitivity = order.pop(0)
         plan = plan.keep_float(layer)
         step(f"drop {figures['drop']:.2f} > {budget:g}: {layer} (sensitivity {sensitivity:g}) back to float")
