@@ -35,6 +35,7 @@ CHECKPOINT = Path(__file__).resolve().parent / "assets" / "deimv2-atto-synthetic
 VARIANT = "deimv2-atto"  # of the random weights used while no checkpoint is installed
 RANDOM_CLASSES = 4  # classes of those random weights (the synthetic set's first four shapes)
 REFERENCE = "onnx"  # the target every other target's detections are compared with
+CALIB_SIZE = 100  # INT8 targets calibrate on this many synthetic scenes (what the demo checkpoint learned)
 AGREE_IOU = 0.9  # a detection agrees when the reference has one of the same label with at least this IoU
 MIN_COMPARED = 5  # detections compared per image even when fewer pass --conf (random weights score low)
 SAMPLE_COUNT, SAMPLE_SIZE = 3, 320  # synthetic samples drawn when the bundled ones are not installed
@@ -174,7 +175,8 @@ def export_all(runs: list[TargetRun], source: Source, folder: Path, use_cache: b
             continue
         try:
             model, names = source.model_and_names()
-            run.artifact = export(model, run.target, out=path, class_names=names, progress=True)
+            calibration = {"calib_data": "synthetic", "calib_size": CALIB_SIZE} if target.precision == "int8" else {}
+            run.artifact = export(model, run.target, out=path, class_names=names, progress=True, **calibration)
             run.status = "exported"
             cache[run.target] = key
         except Exception as e:  # noqa: BLE001 -- one target failing must not stop the others

@@ -10,7 +10,9 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 import onnx
 
@@ -45,11 +47,17 @@ class Int8Plan:
                 "sensitivity": [list(s) for s in self.ranking[:10]]}
 
 
+# writes the backend's INT8 artifact of (node names to quantize, calibration batches) at a path; returns it
+CandidateWriter = Callable[[Sequence[str], Sequence[np.ndarray], Path], Path]
+
+
 def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings, fp32_onnx: onnx.ModelProto,
-              style: str = "ort", progress: bool = True) -> tuple[Int8Plan, Detector, GateData]:
+              style: str = "ort", progress: bool = True, backend: tuple[str, CandidateWriter] | None = None
+              ) -> tuple[Int8Plan, Detector, GateData]:
     """Calibrate on settings.calib_data, choose the INT8 layers and quantize `fp32_onnx` (the graph the backend
-    converts; TensorRT-ready for style "trt"). Also returns the FP32 reference and the gate data for the final
-    measurement of the backend's artifact."""
+    converts; TensorRT-ready for style "trt"). The search measures each candidate as the QDQ graph in ONNX
+    Runtime, or, with `backend` (file suffix, writer), as the backend's own artifact (fast enough for
+    OpenVINO). Also returns the FP32 reference and the gate data for the final measurement."""
     if settings.calib_data is None:
         raise ConfigError("INT8 needs calibration images: --calib-data FOLDER (or a COCO .json, a video, or "
                           "'synthetic')")
@@ -65,10 +73,13 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
         cache: dict = {}
 
         def measure_plan(candidate: Plan) -> dict:
-            path = Path(folder) / "candidate.onnx"
-            onnx.save(quantizer.quantize(candidate.nodes), str(path))
+            if backend is None:
+                path = Path(folder) / "candidate.onnx"
+                onnx.save(quantizer.quantize(candidate.nodes), str(path))
+            else:
+                path = backend[1](candidate.nodes, calibration.batches(), Path(folder) / f"candidate{backend[0]}")
             step(f"measuring {candidate.recipe} INT8 ({len(candidate.nodes)} nodes, "
-                 f"{len(candidate.float_layers)} layers kept float) in ONNX Runtime")
+                 f"{len(candidate.float_layers)} layers kept float) as {path.suffix}")
             figures = measure(Detector(path, threads=1), reference, data, cache.get("reference"), progress)
             cache.setdefault("reference", figures["_reference"])
             return figures

@@ -51,6 +51,12 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     tgt.require()
     settings = QuantizeSettings(None if calib_data is None else str(calib_data), int(calib_size), calib_method,
                                 recipe, max_drop, None if val_data is None else str(val_data))
+    if tgt.name == "openvino-int8":
+        from .openvino_int8 import METHODS as OPENVINO_METHODS
+
+        if calib_method not in OPENVINO_METHODS:
+            raise ConfigError(f"NNCF has no {calib_method!r} calibration; openvino-int8 takes --calib-method "
+                              f"{' or '.join(OPENVINO_METHODS)}")
     if tgt.precision == "int8" and calib_data is None:
         raise ConfigError(f"{tgt.name} needs calibration images: --calib-data FOLDER (or a COCO .json, a video, "
                           f"or 'synthetic')")
@@ -110,7 +116,12 @@ def _plan_int8(model: nn.Module, metadata: ArtifactMetadata, tgt: Target, option
         from .tensorrt import prepare_onnx
 
         fp32, style = prepare_onnx(fp32, metadata), "trt"
-    plan, reference, data = plan_int8(model, metadata, settings, fp32, style, progress)
+    backend = None
+    if tgt.name == "openvino-int8":  # NNCF quantizes Atto in seconds: search on the IR itself
+        from .openvino_int8 import write_int8_ir
+
+        backend = (".xml", lambda nodes, batches, path: write_int8_ir(fp32, batches, nodes, settings.calib_method, path))
+    plan, reference, data = plan_int8(model, metadata, settings, fp32, style, progress, backend)
     metadata = metadata.with_(extra={**metadata.extra, "int8": plan.record(settings)})
     options = {**options, "int8": plan}
     if tgt.name in QDQ_TARGETS:  # the artifact is the measured QDQ graph (trt-int8: as ONNX Runtime runs it)

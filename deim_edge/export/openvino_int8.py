@@ -44,10 +44,18 @@ def export_openvino_int8(model: Any, metadata: ArtifactMetadata, out_path: Path,
     """The openvino-int8 target: NNCF INT8 on the layers of the plan calibration.int8 chose (options["int8"]),
     the IR written to `out_path` (.xml + .bin) with `metadata` in its rt_info."""
     plan = options["int8"]
-    ov_model = quantize_openvino(plan.fp32_onnx, plan.calibration.batches(), plan.plan.nodes,
-                                 metadata.extra["int8"]["calib_method"], progress=True)
-    ov_model.set_rt_info(metadata.to_json(), METADATA_KEY)
-    step("writing the INT8 IR")
+    return write_int8_ir(plan.fp32_onnx, plan.calibration.batches(), plan.plan.nodes,
+                         metadata.extra["int8"]["calib_method"], out_path, metadata)
+
+
+def write_int8_ir(proto: onnx.ModelProto, batches: Sequence[np.ndarray], quantize_nodes: Collection[str],
+                  method: str, out_path: Path, metadata: ArtifactMetadata | None = None) -> Path:
+    """quantize_openvino, saved at `out_path` with `metadata` in its rt_info (None: the ONNX graph's, as a
+    candidate of the layer search is measured)."""
+    ov_model = quantize_openvino(proto, batches, quantize_nodes, method, progress=True)
+    if metadata is not None:
+        ov_model.set_rt_info(metadata.to_json(), METADATA_KEY)
+    step(f"writing the INT8 IR {Path(out_path).name}")
     try:
         import_openvino().save_model(ov_model, str(out_path), compress_to_fp16=False)
     except RuntimeError as e:  # OpenVINO reports write failures as RuntimeError
