@@ -291,3 +291,12 @@ def test_the_search_moves_the_most_sensitive_layers_back_until_within_budget():
         search(Plan("detr", {"b": ("b1",)}, ("Conv",)), lambda p: {"drop": 2.0, "metric": "agreement",
                "matched": 0.98, "reference_detections": 10, "mean_iou": 0.9, "score_error": 0.01, "images": 1},
                lambda: [("b", 1.0)], budget=1.0, fail=True)
+
+
+def test_the_gate_measures_a_float_export_too(tmp_path, val_data):
+    from deim_edge import Detector
+
+    path = _export("onnx", tmp_path / "atto.onnx", val_data, max_drop=0.05)
+    acc = Detector(path).metadata.extra["accuracy"]
+    assert acc["metric"] == "AP" and abs(acc["drop"]) <= 0.05 and acc["matched"] == 1.0
+    assert acc["mean_iou"] > 0.999 and acc["measured"] == ".onnx artifact"

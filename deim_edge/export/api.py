@@ -88,7 +88,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
                 if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
                     figures, gate = None, _float_gate(model, metadata, settings)
                 if gate is not None:  # the backend's own artifact, measured
-                    figures = _gate_artifact(written, *gate, progress)
+                    figures, metadata = _gate_artifact(written, *gate, progress) or (None, metadata)
                 if figures is not None:
                     from ..calibration.gate import check
 
@@ -143,9 +143,9 @@ def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: Quantize
     return Detector(TorchRuntime.of(model, metadata)), data
 
 
-def _gate_artifact(path: Path, reference, data, progress: bool) -> dict | None:
-    """The gate's figures of the written artifact, also stamped into its metadata; None (with a warning) where
-    the artifact cannot run here."""
+def _gate_artifact(path: Path, reference, data, progress: bool) -> tuple[dict, ArtifactMetadata] | None:
+    """The gate's figures of the written artifact and its metadata with them, as stamped into it; None (with a
+    warning) where the artifact cannot run here."""
     from ..calibration.gate import measure, public
     from ..detector import Detector
     from .stamp import write_metadata
@@ -157,8 +157,9 @@ def _gate_artifact(path: Path, reference, data, progress: bool) -> dict | None:
         return None
     figures = {**public(measure(candidate, reference, data, None, progress)), "measured": f"{path.suffix} artifact"}
     written = candidate.runtime.metadata  # as the backend wrote it (e.g. the TFLite INT8 mode it used)
-    write_metadata(path, written.with_(extra={**written.extra, "accuracy": figures}))
-    return figures
+    written = written.with_(extra={**written.extra, "accuracy": figures})
+    write_metadata(path, written)
+    return figures, written
 
 
 def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metadata: ArtifactMetadata,
