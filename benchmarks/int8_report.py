@@ -136,7 +136,9 @@ def main() -> int:
         if calib is None or val is None:
             synthetic = synthetic_data(out / "data", args.imgsz)
             calib, val = calib or synthetic[0], val or synthetic[1]
-        result["accuracy"] = accuracy(args, calib, val, out)
+        rows = accuracy(args, calib, val, out)
+        done = {(r["target"], r["recipe"]) for r in rows}  # a rerun of some targets replaces their rows only
+        result["accuracy"] = [r for r in result.get("accuracy", []) if (r["target"], r["recipe"]) not in done] + rows
     if args.phase in ("all", "speed"):
         result["speed"] = speed(args, out, result.get("accuracy", []))
     with atomic_path(result_path) as tmp:

@@ -226,7 +226,7 @@ def test_tflite_int8_records_its_mode_and_accuracy(tmp_path, val_data):
 
     path = _export("tflite-int8", tmp_path / "atto.tflite", val_data, max_drop=1.0)
     meta = Detector(path).metadata
-    assert meta.extra["int8"]["tflite_mode"] == "dynamic-range"
+    assert meta.extra["int8"]["tflite_mode"] == "mixed"
     assert meta.extra["accuracy"]["drop"] <= 1.0 and meta.extra["accuracy"]["measured"] == ".tflite artifact"
 
 

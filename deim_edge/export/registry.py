@@ -139,9 +139,9 @@ register(Target(
 ))
 register(Target(
     name="tflite-int8", suffix=".tflite", extra="tflite", requires=("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow"),
-    entry="deim_edge.export.tflite_int8:export_tflite_int8", options={**ONNX_OPTIONS, "mode": "dynamic-range"},
+    entry="deim_edge.export.tflite_int8:export_tflite_int8", options={**ONNX_OPTIONS, "mode": "mixed"},
     precision="int8",
-    description="TFLite / LiteRT INT8 on the chosen layers: mode dynamic-range (int8 weights) or mixed (int8 weights and activations)",
+    description="TFLite / LiteRT, INT8 backbone and encoder (mode mixed: int8 weights and activations; or dynamic-range: int8 weights), float decoder",
 ))
 register(Target(
     name="coreml-int8", suffix=".mlpackage", extra="coreml", requires=("torch", "onnx", "onnxruntime", "coremltools"),

@@ -10,8 +10,9 @@ What was measured on deimv2-atto @320 (held-out AP, FP32 .tflite 0.4252; 1 threa
   its f32 ones at Atto's channel counts without VNNI; each float/int8 boundary costs a (de)quantize).
 - "dynamic-range" (this file): int8 weights (per channel), float activations, for the convolutions and
   matmuls of `quantize_nodes` only: AP -0.0003, 1.41 MB instead of 2.25, 1.21-1.24x slower than FP32 (the
-  hybrid kernels are LiteRT's own, not XNNPACK's). The default (DEFAULT_MODE): as accurate as FP32 and
-  less slow than mixed here; mixed is the one to try on ARM, where int8 kernels are faster.
+  hybrid kernels are LiteRT's own, not XNNPACK's): as accurate as FP32 and less slow than mixed here.
+The target's default is mixed, the INT8 that phones and boards accelerate (XNNPACK's int8 kernels on ARM,
+NPU delegates); `--option mode=dynamic-range` gives the smaller float-activation model.
 
 The ONNX node names do not survive onnx2tf (its ops are named after Keras layers, tf.nn.convolution_12...),
 so the TFLite ops are matched to ONNX nodes by their values: one image goes through ONNX Runtime (every
@@ -34,7 +35,6 @@ from ..progress import step
 from .tflite import _schema, convert_onnx, embed_metadata, pad_grid_samples
 
 MODES = ("mixed", "dynamic-range")
-DEFAULT_MODE = "dynamic-range"
 # builtin operator codes (tflite schema BuiltinOperator)
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, DEQUANTIZE, QUANTIZE = 3, 4, 9, 6, 114
 WEIGHT_OPS = (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)
@@ -59,7 +59,7 @@ def export_tflite_int8(model: Any, metadata: ArtifactMetadata, out_path: Path, o
 
 
 def convert_int8(proto: onnx.ModelProto, folder: Path, calibration_nhwc: np.ndarray,
-                 quantize_nodes: Collection[str], mode: str = DEFAULT_MODE) -> tuple[bytes, str]:
+                 quantize_nodes: Collection[str], mode: str) -> tuple[bytes, str]:
     """(.tflite bytes, the mode used) of `proto` (already through pad_grid_samples) with INT8 only for the
     ONNX nodes named in `quantize_nodes`, working in `folder`.
 
