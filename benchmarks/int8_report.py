@@ -7,7 +7,7 @@ interleaved in one benchmark run.
 
 Without --calib-data / --val-data it uses the synthetic shapes set the committed checkpoints were trained on:
 calibration on its training images (seed 0), accuracy on 200 held-out images of another seed. Writes
-report.json and report.md into --out (exports under --out/artifacts); --phase accuracy or speed runs one half.
+report.json, report.md and report.png into --out (exports under --out/artifacts); --phase accuracy or speed runs one half.
 """
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def markdown(result: dict) -> str:
     lines = [f"# INT8 report: {result['checkpoint']}", "",
              "| target | recipe | AP | FP32 AP | drop (AP points) | FP32 detections matched | mean IoU | "
              "INT8 nodes | layers kept float | minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result.get("accuracy", []):
+    order = {t: i for i, t in enumerate(INT8_TARGETS)}
+    for r in sorted(result.get("accuracy", []), key=lambda r: (order.get(r["target"], 9), r["recipe"] != "naive")):
         lines.append(f"| {r['target']}{' (' + r['tflite_mode'] + ')' if r.get('tflite_mode') else ''} | "
                      f"{r['recipe']} | {r['AP']:.4f} | {r['reference_AP']:.4f} | {r['drop']:.2f} | "
                      f"{r['matched']:.1%} | {r['mean_iou']} | {r['int8_nodes']} | "
@@ -109,6 +110,36 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {s['fp32_p50_ms']} | {s['int8_p50_ms']} | {s.get('inference')} | "
                          f"{s.get('end_to_end')} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """report.png: AP of FP32, the naive baseline and the recipe per target; FP32/INT8 speedup per artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.get("accuracy", [])
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, recipe in enumerate(("naive", "detr")):
+        aps = [next((r["AP"] for r in rows if r["target"] == t and r["recipe"] == recipe), 0) for t in targets]
+        axes[0].bar([x + 0.27 * i for x in range(len(targets))], aps, 0.27, label=f"INT8 {recipe}")
+    if rows:
+        axes[0].axhline(rows[0]["reference_AP"], color="k", linestyle="--", label="FP32 PyTorch")
+    axes[0].set_xticks([x + 0.14 for x in range(len(targets))], targets)
+    axes[0].set_ylabel("COCO AP (held-out)")
+    axes[0].legend()
+    speed = result.get("speed", {}).get("speedup_fp32_over_int8_p50", {})
+    axes[1].bar(list(speed), [s.get("inference", 0) for s in speed.values()])
+    axes[1].axhline(1.0, color="k", linestyle="--")
+    axes[1].set_ylabel("FP32 p50 / INT8 p50 (1 thread)")
+    axes[1].tick_params(axis="x", labelrotation=15)
+    fig.suptitle(f"INT8: {result['checkpoint']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -145,6 +176,7 @@ def main() -> int:
         tmp.write_text(json.dumps(result, indent=2, default=str))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(result))
+    plot(result, out / "report.png")
     print(markdown(result))
     return 0
 
