@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from deim_edge.bench.harness import benchmark
+from deim_edge.errors import DeimEdgeError
 from deim_edge.export import export
 from deim_edge.fileio import atomic_path
 
@@ -43,9 +44,14 @@ def accuracy(args, calib: str, val: str, out: Path) -> list[dict]:
             start = time.perf_counter()
             path = out / "artifacts" / f"{recipe}-{target}{'.engine' if target == 'trt-int8' else ''}"
             path = path if target == "trt-int8" else path.with_suffix(_suffix(target))
-            written = export(args.checkpoint, target, out=path, imgsz=args.imgsz, class_names=args.class_names,
-                             calib_data=calib, calib_size=args.calib_size, val_data=val, recipe=recipe,
-                             progress=True)
+            try:
+                written = export(args.checkpoint, target, out=path, imgsz=args.imgsz, class_names=args.class_names,
+                                 calib_data=calib, calib_size=args.calib_size, val_data=val, recipe=recipe,
+                                 progress=True)
+            except DeimEdgeError as e:  # e.g. a naive INT8 model that does not even run
+                rows.append({"target": target, "recipe": recipe, "error": str(e)})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             report = json.loads(written.with_name(written.name + ".accuracy.json").read_text())
             acc, int8 = report["accuracy"], report.get("int8", {})
             rows.append({"target": target, "recipe": recipe, "artifact": str(written), "AP": acc["AP"],
@@ -62,7 +68,8 @@ def speed(args, out: Path, rows: list[dict]) -> dict:
     """FP32 and recipe INT8 artifacts of each timed pair, interleaved in one run, 1 thread."""
     artifacts = []
     for target, fp32 in FP32_OF.items():
-        int8 = next((r["artifact"] for r in rows if r["target"] == target and r["recipe"] == "detr"), None)
+        int8 = next((r["artifact"] for r in rows if r["target"] == target and r["recipe"] == "detr" and "artifact" in r),
+                    None)
         if int8 is None:
             continue
         path = out / "artifacts" / f"fp32-{fp32}{_suffix(fp32)}"
@@ -99,6 +106,9 @@ def markdown(result: dict) -> str:
              "INT8 nodes | layers kept float | minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = {t: i for i, t in enumerate(INT8_TARGETS)}
     for r in sorted(result.get("accuracy", []), key=lambda r: (order.get(r["target"], 9), r["recipe"] != "naive")):
+        if "error" in r:
+            lines.append(f"| {r['target']} | {r['recipe']} | export failed: {r['error'][:160]} |||||||| ")
+            continue
         lines.append(f"| {r['target']}{' (' + r['tflite_mode'] + ')' if r.get('tflite_mode') else ''} | "
                      f"{r['recipe']} | {r['AP']:.4f} | {r['reference_AP']:.4f} | {r['drop']:.2f} | "
                      f"{r['matched']:.1%} | {r['mean_iou']} | {r['int8_nodes']} | "
@@ -123,10 +133,11 @@ def plot(result: dict, path: Path) -> None:
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, recipe in enumerate(("naive", "detr")):
-        aps = [next((r["AP"] for r in rows if r["target"] == t and r["recipe"] == recipe), 0) for t in targets]
+        aps = [next((r.get("AP", 0) for r in rows if r["target"] == t and r["recipe"] == recipe), 0) for t in targets]
         axes[0].bar([x + 0.27 * i for x in range(len(targets))], aps, 0.27, label=f"INT8 {recipe}")
-    if rows:
-        axes[0].axhline(rows[0]["reference_AP"], color="k", linestyle="--", label="FP32 PyTorch")
+    measured = [r for r in rows if "reference_AP" in r]
+    if measured:
+        axes[0].axhline(measured[0]["reference_AP"], color="k", linestyle="--", label="FP32 PyTorch")
     axes[0].set_xticks([x + 0.14 for x in range(len(targets))], targets)
     axes[0].set_ylabel("COCO AP (held-out)")
     axes[0].legend()

@@ -155,7 +155,13 @@ def _gate_artifact(path: Path, reference, data, progress: bool) -> tuple[dict, A
     except DeimEdgeError as e:
         warn(f"the accuracy gate cannot run {path.name} here ({e}); its accuracy is not measured")
         return None
-    figures = {**public(measure(candidate, reference, data, None, progress)), "measured": f"{path.suffix} artifact"}
+    try:
+        figures = {**public(measure(candidate, reference, data, None, progress)), "measured": f"{path.suffix} artifact"}
+    except DeimEdgeError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a runtime's own error: the artifact does not run, do not ship it
+        raise ExportError(f"the written {path.name} fails on the accuracy gate's images ({type(e).__name__}: {e}); "
+                          f"nothing was written") from e
     written = candidate.runtime.metadata  # as the backend wrote it (e.g. the TFLite INT8 mode it used)
     written = written.with_(extra={**written.extra, "accuracy": figures})
     write_metadata(path, written)
