@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 
 from ..detector import Detector
-from ..errors import ConfigError
 from ..metadata import ArtifactMetadata
 from ..progress import step
 from ..runtimes.torch import TorchRuntime
@@ -36,7 +35,7 @@ class Int8Plan:
     calibration: CalibrationSet
     plan: Plan
     qdq_onnx: onnx.ModelProto  # the plan as a QDQ graph (the onnx-int8 artifact; TensorRT-ready for trt-int8)
-    figures: dict  # the gate's figures of qdq_onnx in ONNX Runtime
+    figures: dict  # the gate's figures of the chosen plan as the search measured it (QDQ in ORT, or the backend's)
     rounds: list[dict] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)
 
@@ -58,9 +57,7 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
     converts; TensorRT-ready for style "trt"). The search measures each candidate as the QDQ graph in ONNX
     Runtime, or, with `backend` (file suffix, writer), as the backend's own artifact (fast enough for
     OpenVINO). Also returns the FP32 reference and the gate data for the final measurement."""
-    if settings.calib_data is None:
-        raise ConfigError("INT8 needs calibration images: --calib-data FOLDER (or a COCO .json, a video, or "
-                          "'synthetic')")
+    settings.require_calibration("INT8")
     calibration = load_calibration(settings.calib_data, metadata, settings.calib_size, progress=progress)
     step(f"calibration set: {len(calibration)} images" + (f", {len(calibration.skipped)} unreadable skipped"
                                                           if calibration.skipped else ""))

@@ -33,4 +33,8 @@ class QuantizeSettings:
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"--max-drop must be >= 0 (AP points), got {self.max_drop}")
 
-
+    def require_calibration(self, target: str) -> None:
+        """ConfigError unless calibration images were given (INT8 targets)."""
+        if self.calib_data is None:
+            raise ConfigError(f"{target} needs calibration images: --calib-data FOLDER (or a COCO .json, a video, "
+                              f"or 'synthetic')")

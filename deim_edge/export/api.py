@@ -57,9 +57,8 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         if calib_method not in OPENVINO_METHODS:
             raise ConfigError(f"NNCF has no {calib_method!r} calibration; openvino-int8 takes --calib-method "
                               f"{' or '.join(OPENVINO_METHODS)}")
-    if tgt.precision == "int8" and calib_data is None:
-        raise ConfigError(f"{tgt.name} needs calibration images: --calib-data FOLDER (or a COCO .json, a video, "
-                          f"or 'synthetic')")
+    if tgt.precision == "int8":
+        settings.require_calibration(tgt.name)
     target_options = tgt.resolve_options(options)
     layout = _layout(decode)
     batch_size = _batch(batch, dynamic_batch)
