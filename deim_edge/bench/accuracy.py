@@ -76,10 +76,7 @@ def coco_api() -> tuple[Any, Any]:
 
 def coco_ap(detector, val: ValSet, desc: str = "AP") -> dict[str, float]:
     """{"AP", "AP50", "AP75", "images"} of `detector` (every detection, whatever its score) on `val`."""
-    coco_cls, eval_cls = coco_api()
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = coco_cls(str(val.annotations))
-    image_ids = sorted(gt.getImgIds())[: val.max_images]
+    gt, image_ids = ground_truth(val)
     category_ids = category_mapping(detector.names, gt.loadCats(gt.getCatIds()))
     records = []
     conf, detector.conf = detector.conf, 0.0
@@ -91,8 +88,22 @@ def coco_ap(detector, val: ValSet, desc: str = "AP") -> dict[str, float]:
                 bar.update()
     finally:
         detector.conf = conf
+    return score(gt, records, image_ids)
+
+
+def ground_truth(val: ValSet) -> tuple[Any, list[int]]:
+    """(the COCO object of val's annotations, the ids of the images to score, sorted)."""
+    coco_cls, _ = coco_api()
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = coco_cls(str(val.annotations))
+    return gt, sorted(gt.getImgIds())[: val.max_images]
+
+
+def score(gt: Any, records: list[dict], image_ids: list[int]) -> dict[str, float]:
+    """{"AP", "AP50", "AP75", "images"} of COCO detection `records` on `image_ids` of `gt`."""
     if not records:
         return {**{m: 0.0 for m in METRICS}, "images": len(image_ids)}
+    _, eval_cls = coco_api()
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = eval_cls(gt, gt.loadRes(records), "bbox")
         evaluator.params.imgIds = image_ids

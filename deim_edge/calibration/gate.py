@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bench.accuracy import ValSet, coco_ap
+from ..bench.accuracy import ValSet, category_mapping, ground_truth, score
 from ..decode import box_iou
 from ..detector import Detector
 from ..errors import AccuracyGateError, ConfigError
@@ -84,15 +84,17 @@ def detection_agreement(reference: Sequence[Detections], candidate: Sequence[Det
 
 def measure(candidate: Detector, reference: Detector, data: GateData,
             reference_figures: dict | None = None, progress: bool = True) -> dict:
-    """The gate's figures of `candidate` against `reference` (the FP32 model) on `data`; `reference_figures`
-    (a previous call's "reference" entry) saves running the reference again."""
-    images = data.images if data.val is None else _val_images(data.val)
-    ref_dets = (reference_figures or {}).get("_detections") or _detect(reference, images, "FP32 reference", progress)
+    """The gate's figures of `candidate` against `reference` (the FP32 model) on `data`, each run once over the
+    images; `reference_figures` (a previous call's "_reference" entry) saves running the reference again."""
+    cached = reference_figures or {}
+    images, val = (data.images, None) if data.val is None else _val_images(data.val)
+    ref_dets = cached.get("_detections") or _detect(reference, images, "FP32 reference", progress)
     got = _detect(candidate, images, "artifact", progress)
     figures = {"images": len(images), "data": data.description, **detection_agreement(ref_dets, got)}
-    if data.val is not None:
-        ref_ap = (reference_figures or {}).get("AP") or coco_ap(reference, data.val, "FP32 AP")
-        ap = coco_ap(candidate, data.val, "artifact AP")
+    if val is not None:
+        gt, image_ids = val
+        ref_ap = cached.get("AP") or _ap(gt, image_ids, ref_dets, reference.names)
+        ap = _ap(gt, image_ids, got, candidate.names)
         figures.update({"metric": "AP", "AP": ap["AP"], "AP50": ap["AP50"], "reference_AP": ref_ap["AP"],
                         "reference_AP50": ref_ap["AP50"], "drop": round(100 * (ref_ap["AP"] - ap["AP"]), 2)})
         figures["_reference"] = {"AP": ref_ap, "_detections": ref_dets}
@@ -101,6 +103,12 @@ def measure(candidate: Detector, reference: Detector, data: GateData,
         figures["_reference"] = {"_detections": ref_dets}
     step(f"accuracy: {summary(figures)}")
     return figures
+
+
+def _ap(gt, image_ids: list[int], detections: Sequence[Detections], names: tuple[str, ...]) -> dict[str, float]:
+    categories = category_mapping(names, gt.loadCats(gt.getCatIds()))
+    records = [r for image_id, d in zip(image_ids, detections) for r in d.to_coco(image_id, categories)]
+    return score(gt, records, image_ids)
 
 
 def check(figures: dict, max_drop: float | None, what: str) -> None:
@@ -125,21 +133,16 @@ def public(figures: dict) -> dict:
     return {k: v for k, v in figures.items() if not k.startswith("_")}
 
 
-def _val_images(val: ValSet) -> list[np.ndarray]:
-    import contextlib
-    import io
-
-    from ..bench.accuracy import coco_api
-
-    coco_cls, _ = coco_api()
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = coco_cls(str(val.annotations))
-    infos = gt.loadImgs(sorted(gt.getImgIds())[: val.max_images])
+def _val_images(val: ValSet) -> tuple[list[np.ndarray], tuple]:
+    """The images of `val` (RGB) in image-id order, and (its COCO ground truth, those ids); ConfigError when the
+    annotation file names images its folder does not have."""
+    gt, image_ids = ground_truth(val)
+    infos = gt.loadImgs(image_ids)
     missing = [i["file_name"] for i in infos if not (val.images / i["file_name"]).is_file()]
     if missing:
         raise ConfigError(f"{len(missing)} of the {len(infos)} images {val.annotations.name} lists are not in "
                           f"{val.images} (first: {missing[0]}): the annotation file does not match the image folder")
-    return [load_image(val.images / i["file_name"], color="RGB") for i in infos]
+    return [load_image(val.images / i["file_name"], color="RGB") for i in infos], (gt, image_ids)
 
 
 def _detect(detector: Detector, images: Sequence[np.ndarray], desc: str, progress: bool) -> list[Detections]:
