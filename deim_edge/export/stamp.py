@@ -1,5 +1,6 @@
 """Rewrite the metadata record inside an artifact already written (the accuracy gate adds its figures after
-measuring the file): ONNX, OpenVINO IR and TFLite, the artifacts the gate can run on any machine."""
+measuring the file): ONNX, OpenVINO IR and TFLite, the artifacts the gate can run on any machine. They are still
+in export's staging folder, so the rewrite in place is not seen half-done."""
 
 from __future__ import annotations
 
@@ -35,9 +36,8 @@ def write_metadata(path: Path, metadata: ArtifactMetadata) -> None:
 def _onnx(path: Path, metadata: ArtifactMetadata) -> None:
     import onnx
 
+    from .onnx import _embed
+
     proto = onnx.load(str(path))
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in kept}, METADATA_KEY: metadata.to_json()})
+    _embed(proto, metadata)
     onnx.save(proto, str(path))
