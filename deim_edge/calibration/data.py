@@ -158,7 +158,7 @@ def _from_video(path: Path, metadata: ArtifactMetadata, size: int, progress: boo
 
 def _synthetic(metadata: ArtifactMetadata, size: int, seed: int) -> CalibrationSet:
     """Scenes of deim-edge's synthetic shapes set at the model's input size (for the demo and tests)."""
-    from ..training.data.synthetic import draw_scene  # numpy + OpenCV only
+    from ..training.data.synthetic import draw_scene  # imports deim_edge.training (torch): exports have it
 
     h, w = metadata.input_size
     rng = np.random.default_rng([seed, 0xCA11B])
