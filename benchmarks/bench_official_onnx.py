@@ -94,15 +94,6 @@ def seeded_checkpoint(variant: str, size: int, seed: int, path: Path) -> Path:
     return save_checkpoint(path, random_model(variant, input_size=size, seed=seed))
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def detections(name: str, sess, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, labels, boxes normalized xyxy) of either file kind, batch 1."""
     if name == "official":
@@ -173,7 +164,9 @@ def run(args: argparse.Namespace, variant: str, size: int, checkpoint: Path, fol
         files["official"] = out
 
     images = np.random.default_rng(args.seed).uniform(0, 1, (1, 3, size, size)).astype(np.float32)
-    sessions = {name: session(path, args.threads) for name, path in files.items()}
+    from deim_edge.runtimes.onnxruntime import ort_session
+
+    sessions = {name: ort_session(path, args.threads) for name, path in files.items()}
     results = {name: detections(name, s, images) for name, s in sessions.items()}
     reference = "official" if "official" in results else "ours"
     for name, (scores, labels, boxes) in results.items():

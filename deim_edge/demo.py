@@ -14,8 +14,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import platform
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -25,11 +23,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import __version__
+from . import __version__, compare
 from .errors import ConfigError, DeimEdgeError
 from .fileio import atomic_path
 from .progress import reporting, step
-from .decode import box_iou
 
 CHECKPOINT = Path(__file__).resolve().parent / "assets" / "deimv2-atto-synthetic.pth"
 VARIANT = "deimv2-atto"  # of the random weights used while no checkpoint is installed
@@ -56,25 +53,13 @@ class TargetRun:
 
 def unavailable(target) -> str | None:
     """Why `target` cannot be exported and run on this machine, or None when it can."""
-    from .runtimes import RUNTIMES, SUFFIXES
-
     missing = target.missing()
     if missing:
         extras = ",".join((["torch"] if "torch" in missing else []) + [target.extra])
         return f"needs {', '.join(missing)}: pip install 'deim-edge[{extras}]'"
     if importlib.util.find_spec(target.entry.split(":")[0]) is None:
         return f"this deim-edge build has no {target.name} export"
-    runtime = SUFFIXES[target.suffix]
-    if importlib.util.find_spec(RUNTIMES[runtime][0]) is None:
-        return f"this deim-edge build has no {runtime} runtime"
-    if runtime == "coreml" and platform.system() != "Darwin":
-        return "CoreML models run only on macOS (Core ML framework)"
-    if runtime == "tensorrt":
-        if importlib.util.find_spec("tensorrt") is None:
-            return "needs TensorRT and an NVIDIA GPU: pip install 'deim-edge[tensorrt]' on a Jetson or CUDA host"
-        if not (shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists() or Path("/etc/nv_tegra_release").exists()):
-            return "no NVIDIA GPU here"
-    return None
+    return target.record.unavailable()
 
 
 def plan(names: list[str] | None) -> list[TargetRun]:
@@ -136,10 +121,10 @@ class Source:
         from .metadata import COCO_CLASSES
         from .models import load_checkpoint, read_state_dict
         from .models.checkpoint import guess_variant
-        from .training.data.synthetic import SHAPES
+        from .synthetic import class_names
 
         if self.checkpoint is None:
-            return random_model(VARIANT, num_classes=RANDOM_CLASSES), SHAPES[:RANDOM_CLASSES]
+            return random_model(VARIANT, num_classes=RANDOM_CLASSES), class_names(RANDOM_CLASSES)
         import torch
 
         step(f"loading {self.checkpoint}")
@@ -190,13 +175,13 @@ def export_all(runs: list[TargetRun], source: Source, folder: Path, use_cache: b
 
 def sample_images(folder: Path) -> list[Path]:
     """The bundled sample images; when the package has none installed, synthetic ones drawn into `folder`."""
-    from .bench.inputs import SAMPLES, image_files
+    from .media import SAMPLES, image_files
 
     try:
         return image_files([SAMPLES])
     except DeimEdgeError:
         pass  # the package was installed without them: draw some
-    from .training.data.synthetic import draw_scene
+    from .synthetic import draw_scene
 
     paths = []
     for i in range(SAMPLE_COUNT):
@@ -225,23 +210,9 @@ def detect_all(runs: list[TargetRun], samples: list[np.ndarray], threads: int | 
 def agreement(reference: list, candidate: list, conf: float) -> dict[str, Any]:
     """How many of the reference's detections (those scoring >= conf, at least MIN_COMPARED per image) the
     candidate also found: same label, IoU >= AGREE_IOU; with the largest score difference among them."""
-    compared = agreed = 0
-    score_diff, min_iou = 0.0, 1.0
-    for ref, cand in zip(reference, candidate):
-        ref = ref[: max(int((ref.scores >= conf).sum()), MIN_COMPARED)]
-        iou = box_iou(ref.xyxy, cand.xyxy) if len(ref) and len(cand) else np.zeros((len(ref), len(cand)))
-        iou = np.where(ref.labels[:, None] == cand.labels[None, :], iou, 0.0)
-        used = np.zeros(len(cand), bool)
-        for i in range(len(ref)):
-            j = int(np.argmax(np.where(used, -1.0, iou[i]))) if len(cand) else -1
-            compared += 1
-            if j >= 0 and not used[j] and iou[i, j] >= AGREE_IOU:
-                used[j] = True
-                agreed += 1
-                score_diff = max(score_diff, abs(float(ref.scores[i] - cand.scores[j])))
-                min_iou = min(min_iou, float(iou[i, j]))
-    return {"compared": compared, "agreed": agreed, "max_score_diff": float(f"{score_diff:.3g}"),
-            "min_iou": round(min_iou, 4) if agreed else None}
+    a = compare.agreement(reference, candidate, AGREE_IOU, conf=conf, at_least=MIN_COMPARED)
+    return {"compared": a.compared, "agreed": a.matched, "max_score_diff": float(f"{a.max_score_diff:.3g}"),
+            "min_iou": a.min_iou}
 
 
 def save_images(runs: list[TargetRun], files: list[Path], samples: list[np.ndarray], folder: Path,

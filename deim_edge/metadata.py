@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import MetadataError
+from .sizes import as_hw
 from .variants import Variant, get_variant
 
 METADATA_KEY = "deim_edge"  # key of the record in an artifact's metadata (ONNX metadata_props, ...)
@@ -79,7 +80,7 @@ class ArtifactMetadata:
 
         v = get_variant(variant)
         size = input_size if input_size is not None else v.input_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = as_hw(size)
         names = tuple(class_names) if class_names is not None else COCO_CLASSES
         defaults = {"variant": v.name, "mean": v.mean, "std": v.std, "max_det": v.num_top_queries,
                     "producer": f"deim-edge {__version__}"}

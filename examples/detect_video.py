@@ -15,6 +15,7 @@ import time
 import cv2
 
 from deim_edge import DeimEdgeError, Detector
+from deim_edge.media import Video
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,25 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = Detector(args.model, backend=args.backend, conf=args.conf,
                             **({"threads": args.threads} if args.threads else {}))
+        video = Video(args.video)  # frames come BGR, as OpenCV decodes them
     except DeimEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    video = cv2.VideoCapture(args.video)
-    if not video.isOpened():
-        print(f"error: cannot open the video {args.video}", file=sys.stderr)
-        return 2
-    fps = video.get(cv2.CAP_PROP_FPS) or 30.0
-    total = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or "?"
+    fps = video.fps or 30.0
+    total = video.frame_count or "?"
     out_path = args.out or args.video.rsplit(".", 1)[0] + "-detected.mp4"
     codec = "MJPG" if out_path.lower().endswith(".avi") else "mp4v"
     writer = None
     lines = open(args.json, "w") if args.json else None  # noqa: SIM115
     count, start = 0, time.perf_counter()
     try:
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                break
+        for frame in video:
             dets = detector(frame, color="BGR")
             if writer is None:
                 size = (frame.shape[1], frame.shape[0])
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
-        video.release()
+        video.close()
         if writer is not None:
             writer.release()
         if lines is not None:

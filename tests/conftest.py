@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deim_edge.compare import match_queries, query_rows
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -56,13 +58,11 @@ def assert_same_queries(out: dict, logits: np.ndarray, boxes: np.ndarray, atol: 
                         rtol: float = 0.0) -> None:
     """Outputs equal within atol + rtol*|ref|, query by query. Queries come sorted by encoder score,
     so two whose scores tie to float precision may trade places; that is the only freedom allowed."""
-    ours = np.concatenate([out["pred_logits"].numpy(), out["pred_boxes"].numpy()], -1)  # [B, Q, C+4]
-    ref = np.concatenate([logits, boxes], -1)
+    ours = query_rows([np.asarray(out["pred_logits"]), np.asarray(out["pred_boxes"])])  # [B, Q, C+4]; torch or numpy
+    ref = query_rows([logits, boxes])
     q = ours.shape[1]
     for b in range(ours.shape[0]):
-        excess = np.abs(ours[b][:, None, :] - ref[b][None, :, :]) - rtol * np.abs(ref[b][None, :, :])
-        cost = excess.max(-1)  # [Q, Q]
-        match = cost.argmin(1)
+        match, cost = match_queries(ours[b], ref[b], rtol)
         assert len(set(match.tolist())) == q, "queries differ, not just their order"
-        assert cost[np.arange(q), match].max() <= atol
+        assert cost.max() <= atol
         assert (match != np.arange(q)).sum() <= max(2, q // 20), "too many queries changed places"

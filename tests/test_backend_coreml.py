@@ -24,12 +24,14 @@ torch = pytest.importorskip("torch", reason="exporting needs torch")
 from deim_edge import Detector, __version__  # noqa: E402
 from deim_edge.errors import ConfigError, ModelFileError  # noqa: E402
 from deim_edge.export import ExportWarning, export  # noqa: E402
-from deim_edge.export.coreml import agreement, deployment_target, trace  # noqa: E402
+from deim_edge.compare import output_agreement  # noqa: E402
+from deim_edge.export.coreml import deployment_target, trace  # noqa: E402
 from deim_edge.export.graph import wrap  # noqa: E402
 from deim_edge.export.weights import random_model  # noqa: E402
 from deim_edge.metadata import COCO_CLASSES, METADATA_KEY, RAW, TOPK, ArtifactMetadata  # noqa: E402
 from deim_edge.preprocess import load_image, preprocess  # noqa: E402
-from deim_edge.runtimes.coreml import CoremlRuntime, read_metadata  # noqa: E402
+from deim_edge.formats.coreml import read_metadata  # noqa: E402
+from deim_edge.runtimes.coreml import CoremlRuntime  # noqa: E402
 from deim_edge.variants import get_variant  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -153,7 +155,7 @@ class NoTorch:  # importing torch now fails (coremltools then leaves its torch f
             raise ImportError("torch is blocked")
 
 sys.meta_path.insert(0, NoTorch())
-from deim_edge.runtimes.coreml import read_metadata
+from deim_edge.formats import read_metadata
 print(read_metadata({str(topk_fp16)!r}).variant)
 if sys.platform != "darwin":
     from deim_edge import Detector
@@ -267,16 +269,9 @@ def test_fp16_keeps_the_top_detections_in_pytorch(variant: str, size: int) -> No
     expected = {"logits": fp32[0].numpy(), "boxes": fp32[1].numpy()}
     got = {"logits": fp16[0].float().numpy(), "boxes": fp16[1].float().numpy()}
     for i in range(len(PHOTOS)):
-        one = agreement({k: v[i:i + 1] for k, v in expected.items()}, {k: v[i:i + 1] for k, v in got.items()}, RAW)
+        one = output_agreement({k: v[i:i + 1] for k, v in expected.items()},
+                               {k: v[i:i + 1] for k, v in got.items()}, RAW).share
         assert one >= 0.95, f"{PHOTOS[i].name}: FP16 keeps {one:.0%} of the top-100 detections"
-
-
-def test_agreement_counts_label_and_overlap() -> None:
-    boxes = np.array([[[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]]], np.float32)
-    ref = {"scores": np.array([[0.9, 0.8]], np.float32), "labels": np.array([[1, 2]]), "boxes": boxes}
-    assert agreement(ref, ref, TOPK) == 1.0
-    assert agreement(ref, {**ref, "labels": np.array([[1, 3]])}, TOPK) == 0.5
-    assert agreement(ref, {**ref, "boxes": boxes + np.float32(0.1)}, TOPK) == 0.0  # IoU 0.39
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +291,7 @@ def test_fp32_raw_outputs_equal_onnx_runtime(raw_fp32: Path, onnx_twins: dict[st
     for photo in PHOTOS:
         batch, _ = coreml.preprocess([load_image(photo)])
         ours, ref = coreml.infer(batch), ort.infer(batch)
-        assert agreement(ref, ours, RAW) >= 0.95
+        assert output_agreement(ref, ours, RAW).share >= 0.95
         np.testing.assert_allclose(np.sort(ours["logits"].ravel()), np.sort(ref["logits"].ravel()), atol=1e-3)
 
 
@@ -309,7 +304,7 @@ def test_fp16_detections_match_onnx_runtime(topk_fp16: Path, onnx_twins: dict[st
         batch, _ = coreml.preprocess([load_image(photo)])
         ours, ref = coreml.infer(batch), ort.infer(batch)
         assert ours["labels"].dtype == np.int64 and ours["scores"].dtype == np.float32
-        assert agreement(ref, ours, TOPK) >= 0.95
+        assert output_agreement(ref, ours, TOPK).share >= 0.95
         a, b = coreml(str(photo)), ort(str(photo))
         assert len(a) == len(b) == 300
 

@@ -43,10 +43,10 @@ def raw(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("openvino-raw")
     metadata = ArtifactMetadata.for_variant(VARIANT, input_size=SIZE, output=RAW)
-    proto = build_onnx(random_model(VARIANT, input_size=SIZE).deploy(), metadata, verify=False)
+    proto = build_onnx(random_model(VARIANT, input_size=SIZE).deploy(), metadata)
     onnx.save(proto, str(folder / "atto.onnx"))
     (folder / "ir").mkdir()
-    xml = convert_onnx(proto, metadata, folder / "ir" / "atto.xml")  # verified against ONNX Runtime
+    xml = convert_onnx(proto, metadata, folder / "ir" / "atto.xml")
     return {"proto": proto, "metadata": metadata, "onnx": folder / "atto.onnx", "xml": xml}
 
 
@@ -116,7 +116,7 @@ def test_raw_outputs_equal_onnx_runtime(raw):
 
 
 def test_fp16_keeps_the_top_detections(raw, fp16):
-    from deim_edge.export.openvino import top_agreement
+    from deim_edge.compare import output_agreement
     from deim_edge.runtimes.openvino import OpenVinoRuntime
 
     ours = OpenVinoRuntime(fp16, threads=1)  # the device's own precision
@@ -126,7 +126,7 @@ def test_fp16_keeps_the_top_detections(raw, fp16):
         assert got["labels"].dtype == np.int64 and got["scores"].dtype == np.float32
         outputs = ref.run(images)
         expected = dict(zip(("scores", "labels", "boxes"), decode(outputs["logits"], outputs["boxes"], 300)))
-        assert top_agreement(got, expected, TOPK, top=100, min_iou=0.9) >= 0.95
+        assert output_agreement(expected, got, TOPK, top=100, min_iou=0.9).share >= 0.95
 
 
 def test_detector_on_photos(raw, fp16):
@@ -192,19 +192,25 @@ def test_stream_gives_what_run_gives_in_order(raw):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_a_conversion_that_disagrees_fails_and_leaves_nothing(raw, tmp_path: Path, monkeypatch, precision):
-    import deim_edge.export.openvino as target
+def test_an_ir_that_disagrees_fails_the_export_check_and_leaves_nothing(raw, tmp_path: Path, monkeypatch, precision):
+    import deim_edge.runtimes.openvino as runtime
+    from deim_edge.export.openvino import convert_onnx
+    from deim_edge.export.verify import verify_artifact
+    from deim_edge.export.weights import random_model
+    from deim_edge.formats import get_format
 
-    class Shifted(target.OpenVinoRuntime):  # an IR whose boxes came out wrong
+    class Shifted(runtime.OpenVinoRuntime):  # an IR whose boxes came out wrong
         def run(self, images):
             outputs = super().run(images)
             outputs["boxes"] = outputs["boxes"] + 0.2
             return outputs
 
-    monkeypatch.setattr(target, "OpenVinoRuntime", Shifted)
-    with pytest.raises(ExportError, match="agree .* on only" if precision == "fp32" else "fp16 weights"):
+    monkeypatch.setattr(runtime, "OpenVinoRuntime", Shifted)
+    metadata = raw["metadata"].with_(precision=precision)
+    with pytest.raises(ExportError, match="disagrees with PyTorch on a random input"):
         with staged_output(tmp_path / "atto.xml") as out:
-            target.convert_onnx(raw["proto"], raw["metadata"].with_(precision=precision), out)
+            convert_onnx(raw["proto"], metadata, out)
+            verify_artifact(out, random_model(VARIANT, input_size=SIZE).deploy(), metadata, get_format("openvino"))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,11 +8,10 @@ TensorRT needs tensorrt and a CUDA GPU.
 """
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from deim_edge import Detector
-from deim_edge.decode import box_iou
+from deim_edge.compare import agreement
 from deim_edge.demo import unavailable
 from deim_edge.export import export
 from deim_edge.export.registry import get_target
@@ -72,19 +71,4 @@ def test_backend_matches_onnxruntime(case, target):
                                 atol=1e-4)
             assert_same_detections(dets, ref_dets, box_atol=0.05, score_atol=1e-4)
         else:
-            assert top_agreement(ref_dets, dets) >= 0.95, photo.name
-
-
-def top_agreement(reference, other, iou: float = 0.9) -> float:
-    """The fraction of the reference's detections that `other` has too (same label, IoU >= iou), one to one."""
-    if len(reference) == 0:
-        return 1.0
-    overlap = box_iou(reference.xyxy, other.xyxy) * (reference.labels[:, None] == other.labels[None, :])
-    unused = np.ones(len(other), bool)
-    found = 0
-    for row in overlap:
-        ok = unused & (row >= iou)
-        if ok.any():
-            unused[np.argmax(np.where(ok, row, -1))] = False
-            found += 1
-    return found / len(reference)
+            assert agreement([ref_dets], [dets], min_iou=0.9).share >= 0.95, photo.name

@@ -11,12 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, assert_same_queries
 
 from deim_edge import Detector
 from deim_edge.errors import ConfigError, MissingDependencyError, ModelFileError
 from deim_edge.metadata import METADATA_KEY, RAW, TOPK, ArtifactMetadata
-from deim_edge.tflite_metadata import read_metadata
+from deim_edge.formats.tflite import read_entries
 
 pytest.importorskip("onnxruntime", reason="the checks compare with ONNX Runtime")
 litert = pytest.importorskip("ai_edge_litert", reason="running .tflite files needs ai-edge-litert")
@@ -69,39 +69,28 @@ def inputs(det: Detector) -> list[np.ndarray]:
     return [photo_batch(det, p) for p in PHOTOS] + [noise]
 
 
-def assert_same_rows(got: np.ndarray, ref: np.ndarray, atol: float) -> None:
-    """Rows [Q, F] equal within atol. Queries come sorted by encoder score, so rows whose scores tie to float
-    precision (common with random weights) may trade places; every row must still have its own match."""
-    cost = np.abs(got[:, None, :] - ref[None, :, :]).max(-1)
-    match = cost.argmin(1)
-    assert len(set(match.tolist())) == len(match), "queries differ, not just their order"
-    assert cost[np.arange(len(match)), match].max() <= atol
-    assert (match != np.arange(len(match))).sum() <= len(match) // 10, "too many queries changed places"
-
-
 def test_fp32_raw_outputs_match_onnxruntime(fp32_raw, reference):
     tfl, ort = Detector(fp32_raw, threads=1), Detector(reference["host"], threads=1)
     worst = 0.0
     for batch in inputs(tfl):
         got, ref = tfl.infer(batch), ort.infer(batch)
-        rows = [np.concatenate([o["logits"][0], o["boxes"][0]], -1) for o in (got, ref)]
-        assert_same_rows(*rows, atol=1e-4)
+        assert_same_queries({"pred_logits": got["logits"], "pred_boxes": got["boxes"]}, ref["logits"], ref["boxes"])
         worst = max(worst, float(np.abs(got["boxes"] - ref["boxes"]).max()))
     print(f"fp32 boxes max |tflite - ort| = {worst:.2g}")
 
 
 def test_fp16_keeps_the_top_detections(fp16_topk, reference):
-    from deim_edge.export.tflite import compare_detections
+    from deim_edge.compare import output_agreement
 
     tfl, ort = Detector(fp16_topk, threads=1), Detector(reference["graph"], threads=1)
     for batch in inputs(tfl):
-        kept, _ = compare_detections(tfl.infer(batch), ort.infer(batch), tfl.metadata, k=100)
+        kept = output_agreement(ort.infer(batch), tfl.infer(batch), tfl.metadata.output, top=100).share
         assert kept >= 0.95, f"fp16 kept only {kept:.0%} of the top-100 detections"
 
 
 def test_metadata_lives_inside_the_file(fp32_raw, fp16_topk, reference):
     for path, precision, layout in ((fp32_raw, "fp32", RAW), (fp16_topk, "fp16", TOPK)):
-        entries = read_metadata(path.read_bytes())
+        entries = read_entries(path.read_bytes())
         meta = ArtifactMetadata.from_json(entries[METADATA_KEY])
         assert (meta.precision, meta.output, meta.variant) == (precision, layout, VARIANT)
         assert meta.input_size == (SIZE, SIZE)
@@ -199,26 +188,26 @@ def test_metadata_reader_on_crafted_flatbuffers(tmp_path: Path):
         return bytes(builder.Output())
 
     bare = build({})
-    assert read_metadata(bare) == {}
+    assert read_entries(bare) == {}
     (tmp_path / "bare.tflite").write_bytes(bare)
     with pytest.raises(ModelFileError, match="without deim-edge metadata"):
         TfliteRuntime(tmp_path / "bare.tflite")
     entries = {"a": b"one", METADATA_KEY: b'{"x": 1}', "empty": b""}
-    assert read_metadata(build(entries)) == entries
+    assert read_entries(build(entries)) == entries
     with pytest.raises(ModelFileError, match="not a TFLite file"):
-        read_metadata(b"PK\x03\x04 not a flatbuffer")
+        read_entries(b"PK\x03\x04 not a flatbuffer")
     with pytest.raises(ModelFileError, match="not a valid TFLite file"):
-        read_metadata(build(entries)[:24])
+        read_entries(build(entries)[:24])
 
 
 def test_embedding_again_replaces_the_entry(fp32_raw):
     pytest.importorskip("tensorflow", reason="embedding uses the TFLite schema the tflite extra installs")
-    from deim_edge.export.tflite import embed_metadata
+    from deim_edge.formats.tflite import embed
 
     meta = TfliteRuntime(fp32_raw).metadata.with_(max_det=7)
-    entries = read_metadata(embed_metadata(fp32_raw.read_bytes(), meta))
+    entries = read_entries(embed(fp32_raw.read_bytes(), meta))
     assert ArtifactMetadata.from_json(entries[METADATA_KEY]).max_det == 7
-    assert sorted(entries) == sorted(read_metadata(fp32_raw.read_bytes()))  # replaced, not added
+    assert sorted(entries) == sorted(read_entries(fp32_raw.read_bytes()))  # replaced, not added
 
 
 def test_bad_files_are_model_file_errors(fp32_raw, reference, tmp_path: Path):

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from deim_edge.accuracy import METRICS, score
 from deim_edge.errors import ConfigError
 from deim_edge.results import Detections
 from deim_edge.training.collate import Collate
 from deim_edge.training.data.coco import CocoDetection
 from deim_edge.training.data.synthetic import make_synthetic_coco
 from deim_edge.training.dense_o2o import AugmentationPolicy
-from deim_edge.training.evaluate import METRICS, evaluate, evaluate_detections
+from deim_edge.training.evaluate import evaluate
 from deim_edge.training.transforms import resize
 from deim_edge.variants import get_variant
 
@@ -122,20 +123,24 @@ def _ground_truth(dataset: CocoDetection, shift: float = 0.0) -> dict[int, Detec
     return dets
 
 
-def test_evaluate_detections_ground_truth(synthetic):
-    perfect = evaluate_detections(synthetic, _ground_truth(synthetic))
+def _score(dataset: CocoDetection, detections: dict[int, Detections]) -> dict[str, float]:
+    return score(dataset.coco, detections, dataset.category_ids, dataset.image_ids)
+
+
+def test_scoring_a_dataset_ground_truth(synthetic):
+    perfect = _score(synthetic, _ground_truth(synthetic))
     assert set(perfect) == set(METRICS)
     assert perfect["AP"] == pytest.approx(1.0) and perfect["AP50"] == pytest.approx(1.0)
-    shifted = evaluate_detections(synthetic, _ground_truth(synthetic, shift=0.3))
+    shifted = _score(synthetic, _ground_truth(synthetic, shift=0.3))
     assert shifted["AP"] < 0.9 and shifted["AP75"] < perfect["AP75"]
 
 
-def test_evaluate_detections_empty_and_unknown(synthetic):
-    assert evaluate_detections(synthetic, {})["AP"] == 0.0
+def test_scoring_a_dataset_empty_and_unknown(synthetic):
+    assert _score(synthetic, {})["AP"] == 0.0
     no_boxes = {i: Detections.empty() for i in synthetic.image_ids}
-    assert evaluate_detections(synthetic, no_boxes)["AP50"] == 0.0
+    assert _score(synthetic, no_boxes)["AP50"] == 0.0
     with pytest.raises(ConfigError, match="not in the dataset"):
-        evaluate_detections(synthetic, {999: Detections.empty()})
+        _score(synthetic, {999: Detections.empty()})
 
 
 def test_evaluate_model_end_to_end(tmp_path):

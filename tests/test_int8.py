@@ -121,7 +121,7 @@ def test_agreement_counts_matches_iou_and_score_error():
 
 
 def test_a_val_json_that_does_not_match_its_images_is_an_error(tmp_path):
-    from deim_edge.calibration.gate import _val_images
+    from deim_edge.calibration.gate import val_images
 
     _write_images(tmp_path / "val", 1)
     (tmp_path / "annotations").mkdir()
@@ -132,7 +132,7 @@ def test_a_val_json_that_does_not_match_its_images_is_an_error(tmp_path):
     data = GateData.find(tmp_path)
     pytest.importorskip("faster_coco_eval")
     with pytest.raises(ConfigError, match="1 of the 2 images .* does not match"):
-        _val_images(data.val)
+        val_images(data.val)
 
 
 # ---------------------------------------------------------------------------------- exports of the trained Atto
@@ -183,7 +183,7 @@ def test_the_gate_fails_the_naive_recipe_and_writes_nothing(tmp_path, val_data):
 
 def test_trt_int8_writes_an_explicit_precision_bundle_measured_in_onnx_runtime(tmp_path, val_data):
     pytest.importorskip("onnx")
-    from deim_edge.runtimes.tensorrt import cuda_status
+    from deim_edge.tensorrt.build import cuda_status
 
     if cuda_status() is None:
         pytest.skip("a CUDA GPU with TensorRT is here: this test checks the bundle written without one")
@@ -239,7 +239,7 @@ def test_coreml_int8_has_int8_weights_outside_the_decoder(tmp_path, val_data):
     import platform
 
     path = _export("coreml-int8", tmp_path / "atto.mlpackage", val_data)
-    from deim_edge.runtimes.coreml import read_metadata
+    from deim_edge.formats import read_metadata
 
     assert read_metadata(path).precision == "int8"
     program = ct.models.MLModel(str(path), skip_model_load=True).get_spec().mlProgram

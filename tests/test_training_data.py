@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from deim_edge.errors import ConfigError, DeimEdgeError
+from deim_edge.synthetic import SHAPES, draw_scene
 from deim_edge.training.data import CocoDetection, DatasetWarning, make_synthetic_coco
-from deim_edge.training.data.synthetic import CATEGORY_IDS, SHAPES, draw_scene
+from deim_edge.training.data.synthetic import CATEGORY_IDS
 
 
 def _write_image(path, image):

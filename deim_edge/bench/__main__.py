@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..accuracy import ValSet
 from ..errors import ConfigError, DeimEdgeError, MissingDependencyError
-from .accuracy import ValSet
 from .harness import benchmark
 from .report import format_table, load_report, merge_reports, write_report
 

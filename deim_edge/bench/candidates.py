@@ -14,8 +14,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
+from ..formats import FORMATS, format_of, get_format
 from ..preprocess import load_image
-from ..runtimes import ALIASES, RUNTIMES, SUFFIXES, runtime_for
+from ..runtimes import runtime_for
 
 OURS, FOREIGN = "deim-edge", "foreign"
 # seconds of (preprocess, inference, decode) of one call; None where a candidate has no such stage
@@ -41,12 +42,14 @@ class ArtifactSpec:
         text = os.fspath(text)
         head, sep, tail = text.rpartition("@")
         backend = None
-        if sep and ALIASES.get(tail.lower(), tail.lower()) in RUNTIMES:
+        if sep and any(tail.lower() in f.names for f in FORMATS):
             text, backend = head, tail
-        if backend is None and Path(text).suffix.lower() not in SUFFIXES:
-            raise ModelFileError(f"cannot tell which runtime runs {text} (file type {Path(text).suffix or 'none'}); "
-                                 f"the benchmark reads {', '.join(SUFFIXES)} files, or PATH@BACKEND with a backend "
-                                 f"of: {', '.join(RUNTIMES)}")
+        if backend is None:
+            try:
+                format_of(text)
+            except ModelFileError as e:
+                raise ModelFileError(f"{e}; the benchmark also takes PATH@BACKEND, a backend one of: "
+                                     f"{', '.join(f.runtime for f in FORMATS)}") from e
         return cls(Path(text), backend)
 
 
@@ -106,16 +109,9 @@ class ForeignOnnxCandidate:
     runtime = "onnxruntime"
 
     def __init__(self, spec: ArtifactSpec, threads: int | None, imgsz: int) -> None:
-        from ..runtimes.onnxruntime import _import_onnxruntime
+        from ..runtimes.onnxruntime import ort_session
 
-        ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(os.fspath(spec.path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 -- onnxruntime raises untyped errors for unreadable files
-            raise ModelFileError(f"{spec.path} is not a loadable ONNX model: {str(e).splitlines()[0]}") from e
+        self.session = ort_session(spec.path, threads)  # ModelFileError when it cannot load
         self.inputs = self.session.get_inputs()
         self.imgsz = imgsz
         self.notes = ["no deim-edge metadata: raw inference on random inputs"]
@@ -169,7 +165,7 @@ def thread_option(runtime: str, threads: int | None, notes: list[str]) -> dict[s
     """{"threads": threads} when the runtime takes a thread count; else {} and a note saying so."""
     if threads is None:
         return {}
-    module, cls = RUNTIMES[runtime]
+    module, cls = get_format(runtime).runtime_class.split(":")
     parameters = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
     if "threads" in parameters:
         return {"threads": threads}

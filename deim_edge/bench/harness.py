@@ -19,12 +19,13 @@ import numpy as np
 from ..errors import ConfigError, DeimEdgeError
 from ..fileio import artifact_size_mb
 from ..progress import Progress, reporting, step
+from ..accuracy import ValSet, coco_api
 from . import memory
-from .accuracy import ValSet, coco_api, coco_ap
+from .accuracy import coco_ap
 from .candidates import FOREIGN, ArtifactSpec, Candidate, Timing, load_candidate
 from .clocks import ClockMonitor
 from .device import device_facts
-from .inputs import bench_images
+from ..media import sample_images
 from .report import new_report
 
 STAGES = ("preprocess", "inference", "decode", "end_to_end")
@@ -63,7 +64,7 @@ def benchmark(artifacts: Sequence[str | os.PathLike], images: Sequence[str | os.
         coco_api()  # a missing COCO library is an error now, not after the timing
     runs = DEFAULT_RUNS if runs is None and duration is None else runs
     with reporting(progress):
-        bgr, sources = bench_images(images)
+        bgr, sources = sample_images(images)
         step(f"{len(bgr)} image(s): {', '.join(Path(s).name for s in sources)}")
         facts = device_facts()
         rows, loaded = _load_all(specs, batches, threads, bgr, conf, imgsz, warmup)

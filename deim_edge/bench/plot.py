@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, MissingDependencyError
 from ..fileio import atomic_path
-from .report import headline, row_label
+from .rows import headline, row_label
 
 PLOT_EXTRA = "bench"  # the extra that installs matplotlib
 ROW_HEIGHT_IN = 0.42  # figure inches per row

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from ..errors import ConfigError
 from ..fileio import atomic_path
 from .device import device_label
+from .rows import headline, row_label
 
 FORMAT, VERSION = "deim-edge-bench", 1
 STAT_KEYS = ("p50", "p90", "p99", "mean", "std", "min", "max")
@@ -62,25 +63,6 @@ def merge_reports(reports: Sequence[dict[str, Any]], sources: Sequence[str]) -> 
         rows.extend({**row, "device": label, "source": source} for row in report["rows"])
     return {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "merged": list(sources), "devices": devices, "rows": rows}
-
-
-def headline(row: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-    """The latency a row is judged by: end to end, or inference alone for models that are not deim-edge's."""
-    latency = row.get("latency_ms") or {}
-    if "end_to_end" in latency:
-        return latency["end_to_end"], "end_to_end"
-    return latency.get("inference"), "inference"
-
-
-def row_label(row: dict[str, Any], with_device: bool = False) -> str:
-    """name, plus batch and threads where they are not the defaults, plus the device in merged reports."""
-    parts = [row["name"]]
-    if row.get("batch", 1) != 1:
-        parts.append(f"b{row['batch']}")
-    if row.get("threads"):
-        parts.append(f"t{row['threads']}")
-    label = " ".join(parts)
-    return f"{label} [{row['device']}]" if with_device and row.get("device") else label
 
 
 # ------------------------------------------------------------------------------------------- tables

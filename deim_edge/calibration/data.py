@@ -15,11 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, ImageError
+from ..media import VIDEO_SUFFIXES, Video, image_files, is_video, read_image
 from ..metadata import ArtifactMetadata
-from ..predict import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from ..preprocess import preprocess
 from ..progress import Progress, warn
+from ..synthetic import draw_scene
 from .settings import DEFAULT_SIZE
 
 MIN_RECOMMENDED = 100  # fewer rarely cover the activation ranges of real scenes: warned
@@ -70,13 +71,15 @@ def load_calibration(source: str | os.PathLike, metadata: ArtifactMetadata, size
         return _synthetic(metadata, size, seed)
     path = Path(source)
     if path.is_dir():
-        files = _choose(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), size, seed,
-                        f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path} or its subfolders")
-        return _from_files(files, metadata, size, progress)
+        try:
+            files = image_files([path], recursive=True)
+        except ImageError as e:
+            raise CalibrationError(str(e)) from None
+        return _from_files(_choose(files, size, seed, f"no images in {path}"), metadata, size, progress)
     if path.suffix.lower() == ".json":
         return _from_files(_choose(coco_image_files(path), size, seed, f"{path} lists no images"),
                            metadata, size, progress)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+    if is_video(path):
         return _from_video(path, metadata, size, progress)
     if not path.exists():
         raise CalibrationError(f"calibration data not found: {path} (give a folder of images, a COCO .json, "
@@ -117,8 +120,8 @@ def _from_files(files: list[Path], metadata: ArtifactMetadata, size: int, progre
     images, sources, skipped = [], [], []
     with Progress(len(files), "calibration images", enabled=progress) as bar:
         for path in files:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None or image.size == 0:
+            image = read_image(path)
+            if image is None:
                 skipped.append(str(path))
             else:
                 images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
@@ -132,34 +135,22 @@ def _from_files(files: list[Path], metadata: ArtifactMetadata, size: int, progre
 
 def _from_video(path: Path, metadata: ArtifactMetadata, size: int, progress: bool) -> CalibrationSet:
     """`size` frames spread evenly over the video (every frame when it is shorter)."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise CalibrationError(f"OpenCV cannot open the video {path}")
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    wanted = set(np.linspace(0, total - 1, min(size, total)).round().astype(int).tolist()) if total > 0 else None
     images, sources = [], []
     try:
-        with Progress(len(wanted) if wanted else None, "calibration frames", enabled=progress) as bar:
-            index = 0
-            while capture.grab():
-                if wanted is None or index in wanted:
-                    ok, frame = capture.retrieve()
-                    if ok:
-                        images.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-                        sources.append(f"{path}#frame{index}")
-                        bar.update()
-                index += 1
-                if wanted is None and len(images) >= size:
-                    break
-    finally:
-        capture.release()
+        with Video(path) as video:
+            total = min(size, video.frame_count) if video.frame_count else None
+            with Progress(total, "calibration frames", enabled=progress) as bar:
+                for index, frame in video.spread(size):
+                    images.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                    sources.append(f"{path}#frame{index}")
+                    bar.update()
+    except ImageError as e:
+        raise CalibrationError(str(e)) from None
     return _finish(images, sources, [], metadata, size, what=f"frames in {path}")
 
 
 def _synthetic(metadata: ArtifactMetadata, size: int, seed: int) -> CalibrationSet:
-    """Scenes of deim-edge's synthetic shapes set at the model's input size (for the demo and tests)."""
-    from ..training.data.synthetic import draw_scene  # imports deim_edge.training (torch): exports have it
-
+    """Scenes of deim-edge's synthetic shapes at the model's input size (for the demo and tests)."""
     h, w = metadata.input_size
     rng = np.random.default_rng([seed, 0xCA11B])
     images = [draw_scene(rng, h, w, SYNTHETIC_CLASSES)[0] for _ in range(size)]

@@ -15,10 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bench.accuracy import ValSet, category_mapping, ground_truth, score
-from ..decode import box_iou
+from ..accuracy import ValSet, category_mapping, score
+from ..compare import agreement
 from ..detector import Detector
 from ..errors import AccuracyGateError, ConfigError
+from ..media import image_files
 from ..preprocess import load_image
 from ..progress import Progress, step
 from ..results import Detections
@@ -48,8 +49,6 @@ class GateData:
             return cls(images=tuple(fallback), description=fallback_description)
         root = Path(val_data)
         if root.is_dir() and not (root / "annotations").is_dir():
-            from ..bench.inputs import image_files
-
             files = image_files([root])
             return cls(images=tuple(load_image(f, color="RGB") for f in files),
                        description=f"{len(files)} unlabelled images in {root}")
@@ -59,27 +58,9 @@ class GateData:
 
 def detection_agreement(reference: Sequence[Detections], candidate: Sequence[Detections]) -> dict[str, float]:
     """How well `candidate` reproduces `reference` image by image (see the module docstring)."""
-    matched, total, ious, errors = 0, 0, [], []
-    for ref, got in zip(reference, candidate):
-        keep = np.argsort(-ref.scores)[:TOP]
-        keep = keep[ref.scores[keep] >= REF_CONF]
-        total += len(keep)
-        if not len(keep) or not len(got.scores):
-            continue
-        iou = box_iou(ref.xyxy[keep], got.xyxy)  # [R, C]
-        iou[ref.labels[keep][:, None] != got.labels[None, :]] = 0
-        used = np.zeros(len(got.scores), bool)
-        for r in range(len(keep)):  # greedy, highest reference score first
-            row = np.where(used, -1.0, iou[r])
-            c = int(row.argmax())
-            if row[c] >= MATCH_IOU:
-                used[c] = True
-                matched += 1
-                ious.append(row[c])
-                errors.append(abs(float(ref.scores[keep[r]]) - float(got.scores[c])))
-    return {"matched": round(matched / total, 4) if total else 1.0, "reference_detections": total,
-            "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
-            "score_error": round(float(np.mean(errors)), 5) if errors else None}
+    a = agreement(reference, candidate, MATCH_IOU, conf=REF_CONF, top=TOP)
+    return {"matched": round(a.share, 4), "reference_detections": a.compared, "mean_iou": a.mean_iou,
+            "score_error": a.score_error}
 
 
 def measure(candidate: Detector, reference: Detector, data: GateData,
@@ -87,7 +68,7 @@ def measure(candidate: Detector, reference: Detector, data: GateData,
     """The gate's figures of `candidate` against `reference` (the FP32 model) on `data`, each run once over the
     images; `reference_figures` (a previous call's "_reference" entry) saves running the reference again."""
     cached = reference_figures or {}
-    images, val = (data.images, None) if data.val is None else _val_images(data.val)
+    images, val = (data.images, None) if data.val is None else val_images(data.val)
     ref_dets = cached.get("_detections") or _detect(reference, images, "FP32 reference", progress)
     got = _detect(candidate, images, "artifact", progress)
     figures = {"images": len(images), "data": data.description, **detection_agreement(ref_dets, got)}
@@ -107,8 +88,7 @@ def measure(candidate: Detector, reference: Detector, data: GateData,
 
 def _ap(gt, image_ids: list[int], detections: Sequence[Detections], names: tuple[str, ...]) -> dict[str, float]:
     categories = category_mapping(names, gt.loadCats(gt.getCatIds()))
-    records = [r for image_id, d in zip(image_ids, detections) for r in d.to_coco(image_id, categories)]
-    return score(gt, records, image_ids)
+    return score(gt, dict(zip(image_ids, detections)), categories, image_ids)
 
 
 def check(figures: dict, max_drop: float | None, what: str) -> None:
@@ -133,10 +113,10 @@ def public(figures: dict) -> dict:
     return {k: v for k, v in figures.items() if not k.startswith("_")}
 
 
-def _val_images(val: ValSet) -> tuple[list[np.ndarray], tuple]:
+def val_images(val: ValSet) -> tuple[list[np.ndarray], tuple]:
     """The images of `val` (RGB) in image-id order, and (its COCO ground truth, those ids); ConfigError when the
     annotation file names images its folder does not have."""
-    gt, image_ids = ground_truth(val)
+    gt, image_ids = val.ground_truth()
     infos = gt.loadImgs(image_ids)
     missing = [i["file_name"] for i in infos if not (val.images / i["file_name"]).is_file()]
     if missing:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import numpy as np
 
 import onnx
 
@@ -22,6 +21,7 @@ from ..progress import step
 from ..runtimes.torch import TorchRuntime
 from .data import CalibrationSet, load_calibration
 from .gate import GateData, measure, public
+from .hooks import Int8Hooks
 from .qdq import QdqQuantizer
 from .recipe import Plan, make_plan
 from .sensitivity import rank_layers, search
@@ -46,18 +46,17 @@ class Int8Plan:
                 "sensitivity": [list(s) for s in self.ranking[:10]]}
 
 
-# writes the backend's INT8 artifact of (node names to quantize, calibration batches) at a path; returns it
-CandidateWriter = Callable[[Sequence[str], Sequence[np.ndarray], Path], Path]
-
-
 def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings, fp32_onnx: onnx.ModelProto,
-              style: str = "ort", progress: bool = True, backend: tuple[str, CandidateWriter] | None = None
-              ) -> tuple[Int8Plan, Detector, GateData]:
-    """Calibrate on settings.calib_data, choose the INT8 layers and quantize `fp32_onnx` (the graph the backend
-    converts; TensorRT-ready for style "trt"). The search measures each candidate as the QDQ graph in ONNX
-    Runtime, or, with `backend` (file suffix, writer), as the backend's own artifact (fast enough for
-    OpenVINO). Also returns the FP32 reference and the gate data for the final measurement."""
+              hooks: Int8Hooks = Int8Hooks(), progress: bool = True) -> tuple[Int8Plan, Detector, GateData]:
+    """Calibrate on settings.calib_data, choose the INT8 layers and quantize `fp32_onnx` as the backend's `hooks`
+    prepare it. The search measures each candidate as the QDQ graph in ONNX Runtime, or (hooks.search_on) as the
+    backend's own artifact (fast enough for OpenVINO). Also returns the FP32 reference and the gate data for the
+    final measurement."""
     settings.require_calibration("INT8")
+    if hooks.prepare is not None:
+        fp32_onnx = hooks.prepare(fp32_onnx, metadata)
+    style = hooks.qdq_style
+    backend = hooks.search_on(fp32_onnx, settings.calib_method) if hooks.search_on is not None else None
     calibration = load_calibration(settings.calib_data, metadata, settings.calib_size, progress=progress)
     step(f"calibration set: {len(calibration)} images" + (f", {len(calibration.skipped)} unreadable skipped"
                                                           if calibration.skipped else ""))

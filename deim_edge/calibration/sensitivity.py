@@ -76,12 +76,9 @@ def search(plan: Plan, measure: Callable[[Plan], dict], ranking: Callable[[], li
 
 
 def _session(proto: onnx.ModelProto):
-    import onnxruntime as ort
+    from ..runtimes.onnxruntime import ort_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort_session(proto.SerializeToString())
 
 
 def _detections(session, batches: Sequence[np.ndarray], metadata: ArtifactMetadata) -> list[Detections]:

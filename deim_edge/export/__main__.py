@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_engine(bundle: str, out: str | None = None) -> int:
     """--build-engine: the bundle's engine built here with the TensorRT Python API; the exit status."""
-    from ..runtimes.tensorrt import build_bundle  # no torch: this runs on the device
+    from ..tensorrt.build import build_bundle  # no torch: this runs on the device
 
     def build() -> Path:
         with reporting():

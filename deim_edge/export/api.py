@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from ..calibration.settings import DEFAULT_SIZE as DEFAULT_CALIB_SIZE, QuantizeSettings
 from ..errors import ConfigError, DeimEdgeError, ExportError
 from ..fileio import artifact_size_mb, atomic_path, staged_output
+from ..formats import Format
 from ..metadata import COCO_CLASSES, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
 from ..progress import reporting, step, warn
-from .registry import ONNX_OPTIONS, QDQ_TARGETS, Target, get_target
+from ..sizes import as_hw
+from .registry import ONNX_OPTIONS, Target, get_target
+from .verify import verify_artifact
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,13 +54,8 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     tgt.require()
     settings = QuantizeSettings(None if calib_data is None else str(calib_data), int(calib_size), calib_method,
                                 recipe, max_drop, None if val_data is None else str(val_data))
-    if tgt.name == "openvino-int8":
-        from .openvino_int8 import METHODS as OPENVINO_METHODS
-
-        if calib_method not in OPENVINO_METHODS:
-            raise ConfigError(f"NNCF has no {calib_method!r} calibration; openvino-int8 takes --calib-method "
-                              f"{' or '.join(OPENVINO_METHODS)}")
     if tgt.precision == "int8":
+        tgt.int8_hooks().check_method(calib_method, tgt.name)
         settings.require_calibration(tgt.name)
     target_options = tgt.resolve_options(options)
     layout = _layout(decode)
@@ -84,10 +82,12 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
                     metadata, target_options, figures, gate = _plan_int8(model, metadata, tgt, target_options,
                                                                          settings, progress)
                 written = tmp.parent / tgt.export(model, metadata, tmp, target_options).name
+                if target_options.get("verify", True):
+                    verify_artifact(written, model, metadata, tgt.record)
                 if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
                     figures, gate = None, _float_gate(model, metadata, settings)
                 if gate is not None:  # the backend's own artifact, measured
-                    figures, metadata = _gate_artifact(written, *gate, progress) or (None, metadata)
+                    figures, metadata = _gate_artifact(written, tgt.record, *gate, progress) or (None, metadata)
                 if figures is not None:
                     from ..calibration.gate import check
 
@@ -108,49 +108,40 @@ def _plan_int8(model: nn.Module, metadata: ArtifactMetadata, tgt: Target, option
     from ..calibration.int8 import plan_int8
     from .onnx import build_onnx
 
+    hooks = tgt.int8_hooks()
     fp32 = build_onnx(model, metadata.with_(precision="fp32"), int(options.get("opset", ONNX_OPTIONS["opset"])),
-                      bool(options.get("simplify", True)), bool(options.get("verify", True)))
-    style = "ort"
-    if tgt.name == "trt-int8":
-        from .tensorrt import prepare_onnx
-
-        fp32, style = prepare_onnx(fp32, metadata), "trt"
-    backend = None
-    if tgt.name == "openvino-int8":  # NNCF quantizes Atto in seconds: search on the IR itself
-        from .openvino_int8 import write_int8_ir
-
-        backend = (".xml", lambda nodes, batches, path: write_int8_ir(fp32, batches, nodes, settings.calib_method, path))
-    plan, reference, data = plan_int8(model, metadata, settings, fp32, style, progress, backend)
+                      bool(options.get("simplify", True)))
+    plan, reference, data = plan_int8(model, metadata, settings, fp32, hooks, progress)
     metadata = metadata.with_(extra={**metadata.extra, "int8": plan.record(settings)})
     options = {**options, "int8": plan}
-    if tgt.name in QDQ_TARGETS:  # the artifact is the measured QDQ graph (trt-int8: as ONNX Runtime runs it)
-        where = "QDQ ONNX in ONNX Runtime" + (" (TensorRT builds the engine from it)" if style == "trt" else "")
+    if hooks.ships_qdq:  # the artifact is the measured QDQ graph (TensorRT: as ONNX Runtime runs it)
+        where = "QDQ ONNX in ONNX Runtime" + (" (TensorRT builds the engine from it)" if hooks.qdq_style == "trt"
+                                              else "")
         figures = {**plan.figures, "measured": where}
         return metadata.with_(extra={**metadata.extra, "accuracy": figures}), options, figures, None
     return metadata, options, None, (reference, data)
 
 
 def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: QuantizeSettings):
-    from ..bench.inputs import bench_images
+    from ..media import sample_images
     from ..calibration.gate import GateData
     from ..detector import Detector
     from ..runtimes.torch import TorchRuntime
 
-    images, where = bench_images()
+    images, where = sample_images()
     fallback = [img[..., ::-1].copy() for img in images]  # BGR as read -> RGB
     data = GateData.find(settings.val_data, fallback, f"{len(images)} bundled sample images (no --val-data)")
     return Detector(TorchRuntime.of(model, metadata)), data
 
 
-def _gate_artifact(path: Path, reference, data, progress: bool) -> tuple[dict, ArtifactMetadata] | None:
+def _gate_artifact(path: Path, fmt: Format, reference, data, progress: bool) -> tuple[dict, ArtifactMetadata] | None:
     """The gate's figures of the written artifact and its metadata with them, as stamped into it; None (with a
     warning) where the artifact cannot run here."""
     from ..calibration.gate import measure, public
     from ..detector import Detector
-    from .stamp import write_metadata
 
     try:
-        candidate = Detector(path, **({"threads": 1} if path.suffix.lower() in (".onnx", ".xml", ".tflite") else {}))
+        candidate = Detector(fmt.open(path, **fmt.check_options))
     except DeimEdgeError as e:
         warn(f"the accuracy gate cannot run {path.name} here ({e}); its accuracy is not measured")
         return None
@@ -163,7 +154,7 @@ def _gate_artifact(path: Path, reference, data, progress: bool) -> tuple[dict, A
                           f"nothing was written") from e
     written = candidate.runtime.metadata  # as the backend wrote it (e.g. the TFLite INT8 mode it used)
     written = written.with_(extra={**written.extra, "accuracy": figures})
-    write_metadata(path, written)
+    fmt.write_metadata(path, written)
     return figures, written
 
 
@@ -195,17 +186,6 @@ def _batch(batch: int, dynamic: bool) -> int | None:
     return int(batch)
 
 
-def _size(imgsz: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if imgsz is None:
-        return None
-    size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(int(s) for s in imgsz)
-    if len(size) == 1:
-        size = (size[0], size[0])
-    if len(size) != 2:
-        raise ConfigError(f"imgsz is one size or (height, width), got {imgsz!r}")
-    return size
-
-
 def _load(source: Any, variant: str | Variant | None,
           imgsz: int | Sequence[int] | None) -> tuple[nn.Module, Path | None]:
     """A deployed copy of the model to export, and the checkpoint path it came from (if any)."""
@@ -216,7 +196,7 @@ def _load(source: Any, variant: str | Variant | None,
     from ..models.deimv2 import DEIMv2, check_input_size
     from .weights import random_model
 
-    size = _size(imgsz)
+    size = None if imgsz is None else as_hw(imgsz)
     if isinstance(source, nn.Module):
         if not isinstance(source, DEIMv2):
             raise ExportError(f"export takes a deim-edge DEIMv2 model, got {type(source).__name__}")

@@ -3,15 +3,13 @@
 The model is traced with torch.jit.trace in the metadata's output layout (graph.wrap) and converted
 by coremltools: grid_sample becomes `resample`, top-k `topk`, the gathers `gather_along_axis`. Input
 "images" [B, 3, H, W] float32, normalized on the host as the metadata says; outputs float32
-(labels int32, read as int64 by the runtime). The metadata goes in user_defined_metadata. Core ML
-runs only on macOS: there the package is run once against PyTorch; elsewhere only its structure
-(inputs, outputs, metadata) is checked.
+(labels int32, read as int64 by the runtime). The metadata goes in user_defined_metadata. The structure
+(inputs, outputs, metadata) is checked here; the numbers by the export's check, where Core ML runs (macOS).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import warnings
 from pathlib import Path
@@ -22,28 +20,20 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..decode import decode
 from ..errors import ConfigError, ExportError
-from ..metadata import METADATA_KEY, RAW, ArtifactMetadata
+from ..formats.coreml import embed, read_metadata
+from ..metadata import RAW, ArtifactMetadata
 from ..progress import step
-from ..runtimes.coreml import INPUT_NAME, read_metadata
+from ..runtimes.coreml import INPUT_NAME
 from .graph import wrap
-from ..decode import box_iou
 
 PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32", "int8": "FLOAT16"}  # metadata.precision -> compute precision (int8: int8 weights)
 OLDEST_TARGET = "iOS15"  # ML programs need iOS 15 / macOS 12 / tvOS 15 / watchOS 8
-CLASSES_KEY = "classes"  # user_defined_metadata: the class names as a JSON list
-VERIFY_TOP = 100  # detections compared with PyTorch on macOS
-VERIFY_IOU = 0.9
-# FP16 reorders near-tied scores (PyTorch FP16 keeps 90-95% of FP32's top 100 on a random input to random
-# weights, 98-100% on the photos); a wrong conversion agrees on almost nothing
-VERIFY_MIN_AGREEMENT = {"fp16": 0.7, "fp32": 0.9}
 
 
 def export_coreml(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
     """Write `model` (deployed) to `out_path` as an .mlpackage with `metadata`; options:
-    minimum_deployment_target (e.g. "iOS16", "macOS13"; iOS15/macOS12 at least) and, when the
-    registry offers it, verify (default True: on macOS, run the package against PyTorch)."""
+    minimum_deployment_target (e.g. "iOS16", "macOS13"; iOS15/macOS12 at least)."""
     import coremltools as ct
 
     target = deployment_target(options["minimum_deployment_target"])
@@ -78,13 +68,6 @@ def export_coreml(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, 
         mlmodel = quantize_coreml_weights(mlmodel, float_weights(mlmodel, options["int8"].plan))
     describe(mlmodel, metadata)
     check_interface(mlmodel.get_spec(), metadata)
-    if not options.get("verify", True):
-        step("not comparing Core ML with PyTorch (verify off)")
-    elif platform.system() == "Darwin":
-        verify(mlmodel, module, images, metadata)
-    else:
-        step(f"not comparing Core ML with PyTorch: Core ML runs only on macOS (this is {platform.system()})")
-
     step(f"writing {out_path.name}")
     mlmodel.save(str(out_path))
     if read_metadata(out_path) != metadata:
@@ -180,8 +163,7 @@ def describe(mlmodel, metadata: ArtifactMetadata) -> None:
     mlmodel.short_description = (f"{metadata.variant or 'DEIMv2'} object detector, {h}x{w}, {metadata.num_classes} "
                                  f"classes, {metadata.output} outputs, {metadata.precision}")
     mlmodel.version = __version__
-    mlmodel.user_defined_metadata[METADATA_KEY] = metadata.to_json()
-    mlmodel.user_defined_metadata[CLASSES_KEY] = json.dumps(list(metadata.class_names))
+    embed(mlmodel, metadata)
     mlmodel.input_description[INPUT_NAME] = (f"RGB batch [{metadata.batch}, 3, {h}, {w}] float32, resized "
                                              f"({metadata.resize}) and normalized ({norm})")
     descriptions = {"logits": "class logits [B, queries, classes]",
@@ -219,46 +201,3 @@ def check_interface(spec, metadata: ArtifactMetadata) -> None:
             for name, shape in expected_outputs(metadata, queries).items()}
     if outputs != want:
         raise ExportError(f"the converted model's outputs are {outputs}, expected {want}")
-
-
-def verify(mlmodel, module: nn.Module, images: torch.Tensor, metadata: ArtifactMetadata) -> None:
-    """Run the package in Core ML (macOS) and compare its top detections with PyTorch's."""
-    step("comparing Core ML with PyTorch")
-    with torch.no_grad():
-        expected = dict(zip(module.output_names, (t.numpy() for t in module(images))))
-    try:
-        got = mlmodel.predict({INPUT_NAME: images.numpy()})
-    except Exception as e:  # noqa: BLE001 -- Core ML reports failures untyped
-        raise ExportError(f"Core ML cannot run the converted model: {e}") from e
-    agree = agreement(expected, got, metadata.output)
-    if agree < VERIFY_MIN_AGREEMENT[metadata.precision]:
-        raise ExportError(
-            f"Core ML and PyTorch agree on only {agree:.0%} of the top {VERIFY_TOP} detections (same label, IoU >= "
-            f"{VERIFY_IOU}) on a random input. A freshly built, untrained model scores all positions alike: export "
-            f"it with verify=False (--no-verify). Otherwise try coreml-fp32 or a newer minimum_deployment_target, "
-            f"and please report it")
-
-
-def agreement(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], layout: str,
-              top: int = VERIFY_TOP, min_iou: float = VERIFY_IOU) -> float:
-    """The fraction of `expected`'s top detections (per image, matched one to one) that `got` has too,
-    with the same label and IoU >= min_iou; both in the RAW or TOPK layout."""
-    ref, out = _top(expected, layout, top), _top(got, layout, top)
-    kept, total = 0, 0
-    for (_, labels_a, boxes_a), (_, labels_b, boxes_b) in zip(zip(*ref), zip(*out)):
-        overlap = box_iou(boxes_a, boxes_b) * (labels_a[:, None] == labels_b[None, :])
-        free = np.ones(len(boxes_b), bool)
-        for row in overlap:
-            candidates = np.nonzero(free & (row >= min_iou))[0]
-            if len(candidates):
-                free[candidates[np.argmax(row[candidates])]] = False
-                kept += 1
-        total += len(boxes_a)
-    return kept / max(total, 1)
-
-
-def _top(outputs: Mapping[str, np.ndarray], layout: str, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if layout == RAW:
-        return decode(outputs["logits"], outputs["boxes"], top)
-    return (np.asarray(outputs["scores"])[:, :top], np.asarray(outputs["labels"])[:, :top],
-            np.asarray(outputs["boxes"], dtype=np.float32)[:, :top])

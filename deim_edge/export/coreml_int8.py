@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from ..calibration.hooks import Int8Hooks
 from ..errors import ConfigError, ExportError, MissingDependencyError
 from ..progress import step
 
+INT8_HOOKS = Int8Hooks()  # the shared search on the QDQ graph chooses the layers whose weights become int8
 MODE = "linear_symmetric"
 DTYPE = "int8"
 GRANULARITY = "per_channel"

@@ -1,9 +1,9 @@
 """The export targets: one record per artifact kind, looked up by name. No torch import.
 
-A target names its file suffix, the pip extra it needs, the modules that extra provides, the
-options it accepts (with defaults) and the function that writes the artifact. The function is
-given as "module:function" and imported only when an export runs, so listing the targets needs
-none of their dependencies.
+A target names its format (deim_edge.formats: suffix, runtime, metadata, check, INT8 hooks) and precision,
+the pip extra it needs, the modules that extra provides, the options it accepts (with defaults) and the
+function that writes the artifact. The function is given as "module:function" and imported only when an
+export runs, so listing the targets needs none of their dependencies.
 """
 
 from __future__ import annotations
@@ -12,10 +12,14 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import ExportError, MissingDependencyError
+from ..formats import Format, get_format
 from ..metadata import ArtifactMetadata
+
+if TYPE_CHECKING:
+    from ..calibration.hooks import Int8Hooks
 
 # export(model, metadata, out_path, options) -> the path written; model is a deployed DEIMv2
 ExportFn = Callable[[Any, ArtifactMetadata, Path, Mapping[str, Any]], Path]
@@ -23,16 +27,30 @@ ExportFn = Callable[[Any, ArtifactMetadata, Path, Mapping[str, Any]], Path]
 
 @dataclass(frozen=True)
 class Target:
-    """One kind of artifact that `deim_edge.export` can write."""
+    """One kind of artifact that `deim_edge.export` can write: a format (deim_edge.formats) at one precision."""
 
     name: str
-    suffix: str  # of the file written, e.g. ".onnx"
+    format: str  # the record in deim_edge.formats: file suffix, runtime, metadata, check, INT8 hooks
     extra: str  # pip install 'deim-edge[<extra>]' provides `requires`
     requires: tuple[str, ...]  # importable modules the export needs (torch included)
     entry: str  # "module:function" of the ExportFn
     options: Mapping[str, Any] = field(default_factory=dict)  # target-specific options and their defaults
     precision: str = "fp32"  # of the artifact's weights and compute, recorded in its metadata
     description: str = ""
+
+    @property
+    def record(self) -> Format:
+        return get_format(self.format)
+
+    @property
+    def suffix(self) -> str:
+        """Of the file written, e.g. ".onnx"."""
+        return self.record.suffixes[0]
+
+    def int8_hooks(self) -> Int8Hooks:
+        """The format's INT8 hooks (imported on use: they need the export's dependencies)."""
+        module, name = self.record.int8.split(":")
+        return getattr(importlib.import_module(module), name)
 
     def missing(self) -> list[str]:
         """The required modules that are not installed."""
@@ -90,7 +108,7 @@ def targets() -> tuple[Target, ...]:
 
 
 register(Target(
-    name="onnx", suffix=".onnx", extra="onnx", requires=("torch", "onnx"),
+    name="onnx", format="onnx", extra="onnx", requires=("torch", "onnx"),
     entry="deim_edge.export.onnx:export_onnx", options={"opset": 17, "simplify": True, "verify": True},
     description="ONNX, float32 (ONNX Runtime, and the input of the TensorRT, OpenVINO and TFLite targets)",
 ))
@@ -98,26 +116,26 @@ register(Target(
 ONNX_OPTIONS = {"opset": 17, "simplify": True, "verify": True}  # of the ONNX graph the converters below start from
 for _precision, _suffix in (("fp32", ""), ("fp16", "-fp16")):
     register(Target(
-        name=f"openvino{_suffix}", suffix=".xml", extra="openvino", requires=("torch", "onnx", "openvino"),
+        name=f"openvino{_suffix}", format="openvino", extra="openvino", requires=("torch", "onnx", "openvino"),
         entry="deim_edge.export.openvino:export_openvino", options=ONNX_OPTIONS, precision=_precision,
         description=f"OpenVINO IR (.xml + .bin), {_precision} weights (Intel CPU, GPU, NPU)",
     ))
 for _precision, _suffix in (("fp32", ""), ("fp16", "-fp16")):
     register(Target(
-        name=f"tflite{_suffix}", suffix=".tflite", extra="tflite", requires=("torch", "onnx", "onnx2tf", "tensorflow"),
+        name=f"tflite{_suffix}", format="tflite", extra="tflite", requires=("torch", "onnx", "onnx2tf", "tensorflow"),
         entry="deim_edge.export.tflite:export_tflite", options=ONNX_OPTIONS, precision=_precision,
         description=f"TFLite / LiteRT flatbuffer, {_precision} (Android, Raspberry Pi, microcontrollers)",
     ))
 for _precision, _suffix in (("fp16", ""), ("fp32", "-fp32")):
     register(Target(
-        name=f"coreml{_suffix}", suffix=".mlpackage", extra="coreml", requires=("torch", "coremltools"),
+        name=f"coreml{_suffix}", format="coreml", extra="coreml", requires=("torch", "coremltools"),
         entry="deim_edge.export.coreml:export_coreml", options={"verify": True, "minimum_deployment_target": "iOS16"},
         precision=_precision,
         description=f"CoreML ML program (.mlpackage), {_precision} (iPhone, iPad, Mac)",
     ))
 for _precision in ("fp32", "fp16"):
     register(Target(
-        name=f"trt-{_precision}", suffix=".engine", extra="tensorrt", requires=("torch", "onnx"),
+        name=f"trt-{_precision}", format="tensorrt", extra="tensorrt", requires=("torch", "onnx"),
         entry="deim_edge.export.tensorrt:export_tensorrt",
         options={**ONNX_OPTIONS, "workspace_gb": 4.0, "dla_core": None, "max_batch": None, "timing_cache": None},
         precision=_precision,
@@ -125,32 +143,32 @@ for _precision in ("fp32", "fp16"):
                     f"to build it on the device",
     ))
 
-# INT8: calibrated on the user's images (--calib-data), layers chosen by calibration.int8, measured by the gate
-QDQ_TARGETS = ("onnx-int8", "trt-int8")  # the artifact is the QDQ graph the search measured
+# INT8: calibrated on the user's images (--calib-data), layers chosen by calibration.int8 with the format's
+# INT8 hooks, measured by the gate
 register(Target(
-    name="onnx-int8", suffix=".onnx", extra="onnx", requires=("torch", "onnx", "onnxruntime"),
+    name="onnx-int8", format="onnx", extra="onnx", requires=("torch", "onnx", "onnxruntime"),
     entry="deim_edge.export.onnx:export_onnx_int8", options=ONNX_OPTIONS, precision="int8",
     description="ONNX with INT8 QDQ: backbone and encoder INT8, decoder float (ONNX Runtime CPU)",
 ))
 register(Target(
-    name="openvino-int8", suffix=".xml", extra="openvino", requires=("torch", "onnx", "onnxruntime", "openvino", "nncf"),
+    name="openvino-int8", format="openvino", extra="openvino", requires=("torch", "onnx", "onnxruntime", "openvino", "nncf"),
     entry="deim_edge.export.openvino_int8:export_openvino_int8", options=ONNX_OPTIONS, precision="int8",
     description="OpenVINO IR quantized by NNCF on the same layers (Intel CPU, GPU, NPU)",
 ))
 register(Target(
-    name="tflite-int8", suffix=".tflite", extra="tflite", requires=("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow"),
+    name="tflite-int8", format="tflite", extra="tflite", requires=("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow"),
     entry="deim_edge.export.tflite_int8:export_tflite_int8", options={**ONNX_OPTIONS, "mode": "mixed"},
     precision="int8",
     description="TFLite / LiteRT, INT8 backbone and encoder (mode mixed: int8 weights and activations; or dynamic-range: int8 weights), float decoder",
 ))
 register(Target(
-    name="coreml-int8", suffix=".mlpackage", extra="coreml", requires=("torch", "onnx", "onnxruntime", "coremltools"),
+    name="coreml-int8", format="coreml", extra="coreml", requires=("torch", "onnx", "onnxruntime", "coremltools"),
     entry="deim_edge.export.coreml:export_coreml",
     options={"verify": True, "minimum_deployment_target": "iOS16", "opset": 17, "simplify": True},
     precision="int8", description="CoreML ML program with INT8 weights on the chosen layers (iPhone, iPad, Mac)",
 ))
 register(Target(
-    name="trt-int8", suffix=".engine", extra="tensorrt", requires=("torch", "onnx", "onnxruntime"),
+    name="trt-int8", format="tensorrt", extra="tensorrt", requires=("torch", "onnx", "onnxruntime"),
     entry="deim_edge.export.tensorrt:export_tensorrt",
     options={**ONNX_OPTIONS, "workspace_gb": 4.0, "dla_core": None, "max_batch": None, "timing_cache": None},
     precision="int8",

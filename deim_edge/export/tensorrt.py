@@ -1,20 +1,16 @@
-"""The `trt-fp32` and `trt-fp16` targets: a TensorRT engine for Jetson (JetPack 6, TensorRT 10) and T4.
+"""The `trt-fp32`, `trt-fp16` and `trt-int8` targets: a TensorRT engine for Jetson (JetPack 6, TensorRT 10) and T4.
 
-The graph is build_onnx's (opset 17, static height and width) made TensorRT-ready: top-k indices and the
-index arithmetic after them (labels, query gathers) run in int32, so the labels output is int32 (the
-runtime returns int64). Where tensorrt and a CUDA GPU are present the engine is built here with the
-TensorRT Python API (runtimes/tensorrt_engine.py: workspace, batch profile, timing cache, DLA with GPU
-fallback, FP16-sensitive layers kept in FP32) and written with its metadata. Elsewhere the export writes a
-bundle folder `<name>.trt/` beside the requested `<name>.engine`: the ONNX, metadata.json, build.json,
-build.sh (the trtexec command) and README.txt; on the device, `python -m deim_edge.export --build-engine
-<name>.trt` writes `<name>.engine` beside the bundle.
+The graph is build_onnx's (opset 17, static height and width) made TensorRT-ready: top-k indices and the index
+arithmetic after them run in int32, so the labels output is int32 (the runtime returns int64). Where tensorrt and
+a CUDA GPU are present the engine is built here (deim_edge.tensorrt.build) and written with its metadata;
+elsewhere the export writes the bundle folder `<name>.trt/` (deim_edge.formats.tensorrt) beside the requested
+`<name>.engine`, which `python -m deim_edge.export --build-engine <name>.trt` turns into it on the device.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import shlex
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,12 +19,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..calibration.hooks import Int8Hooks
+from ..compare import query_agreement, query_rows
 from ..errors import ExportError
+from ..formats.onnx import embed
+from ..formats.tensorrt import BUNDLE_SUFFIX, write_bundle_record
 from ..metadata import ArtifactMetadata
-from ..progress import ExportWarning, step, warn
-from ..runtimes.tensorrt_engine import (BUNDLE_SUFFIX, FP32_RULES, BuildOptions, check_version, fp32_reason,
-                                        import_tensorrt, write_bundle_record)
-from .onnx import INPUT_NAME, VERIFY_ATOL, _embed, _rows, _width, build_onnx
+from ..progress import step, warn
+from ..runtimes.onnxruntime import ort_session
+from ..tensorrt.build import build_engine_file, check_version, cuda_status, import_tensorrt
+from ..tensorrt.fp32 import FP32_RULES, fp32_reason
+from ..formats.tensorrt import BuildOptions
+from .onnx import INPUT_NAME, build_onnx
 
 ONNX_OPSET = 17
 INDEX_PRODUCERS = {"TopK": 1, "ArgMax": 0, "ArgMin": 0}  # op -> its int64 index output
@@ -36,32 +38,25 @@ INDEX_INPUTS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}  # op -> the in
 SHAPE_OPS = {"Unsqueeze", "Squeeze", "Reshape", "Expand", "Tile", "Flatten", "Transpose", "Identity", "Slice"}
 INT_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min", "Max", "Concat"}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
-ENGINE_CHECK = {"fp32": (VERIFY_ATOL, 0.9), "fp16": (0.05, 0.5), "int8": (0.1, 0.3)}  # atol, least agreeing rows vs ONNX Runtime
 
 
 def export_tensorrt(model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
     """Write the engine of `model` (deployed) to `out_path`, or, without tensorrt and a CUDA GPU, the bundle
-    `<name>.trt/` beside it (returned). Options: workspace_gb, dla_core, max_batch, timing_cache (and
-    opset, simplify, verify, as the onnx target's, when given)."""
-    from ..runtimes.tensorrt import build_engine_file, cuda_status
-
-    build = BuildOptions.from_options(metadata.precision, dict(options))
+    `<name>.trt/` beside it (returned). Options: workspace_gb, dla_core, max_batch, timing_cache (and opset and
+    simplify, as the onnx target's, when given); trt-int8: int8, the plan whose QDQ graph is built."""
+    build = BuildOptions.from_options(metadata.precision, options)
     build.batch_profile(metadata)  # option errors before the slow trace
     missing = cuda_status()
     if missing is None:  # version errors too
         check_version(import_tensorrt().__version__, build.precision)
-    if "int8" in options:  # trt-int8: the QDQ graph calibration.int8 made of the TensorRT-ready graph
+    if "int8" in options:  # trt-int8: the QDQ graph calibration made of the TensorRT-ready graph (INT8_HOOKS)
         proto = options["int8"].qdq_onnx
-        _embed(proto, metadata)
+        embed(proto, metadata)
     else:
-        proto = build_onnx(model, metadata, int(options.get("opset", ONNX_OPSET)), bool(options.get("simplify", True)),
-                           bool(options.get("verify", True)))
+        proto = build_onnx(model, metadata, int(options.get("opset", ONNX_OPSET)), bool(options.get("simplify", True)))
         proto = prepare_onnx(proto, metadata)
     if missing is None:
-        build_engine_file(proto.SerializeToString(), metadata, build, out_path, gate=False)
-        if options["verify"]:
-            _check_engine(out_path, proto, metadata, build.precision)
-        return out_path
+        return build_engine_file(proto.SerializeToString(), metadata, build, out_path, gate=False)
     bundle = write_bundle(proto, metadata, build, out_path.with_suffix(BUNDLE_SUFFIX))
     warn(f"no TensorRT engine built here: {missing.rstrip('.')}. Wrote the bundle {bundle.name} instead: copy it to "
          f"the device and run python -m deim_edge.export --build-engine {bundle.name} (see its README.txt)")
@@ -82,6 +77,11 @@ def prepare_onnx(proto: onnx.ModelProto, metadata: ArtifactMetadata) -> onnx.Mod
         raise ExportError(f"the int32 rewrite of the ONNX graph is invalid: {e}; please report it") from e
     _check_same_outputs(before, proto, metadata)
     return proto
+
+
+# trt-int8: the search quantizes the TensorRT-ready graph with symmetric Q/DQ (explicit precision), and the
+# artifact is built from the QDQ graph it measured
+INT8_HOOKS = Int8Hooks(qdq_style="trt", ships_qdq=True, prepare=prepare_onnx)
 
 
 def int32_indices(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -164,66 +164,17 @@ def int32_indices(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
 
 
 def _check_same_outputs(before: bytes, proto: onnx.ModelProto, metadata: ArtifactMetadata) -> None:
+    """ExportError unless the rewritten graph gives the outputs of the graph as traced, in ONNX Runtime."""
     if importlib.util.find_spec("onnxruntime") is None:
         step("not comparing the int32 graph in ONNX Runtime (not installed)")
         return
     step("comparing the int32 graph with the original in ONNX Runtime")
-    images = _images(metadata)
-    expected, got = _run_onnx(before, images), _run_onnx(proto.SerializeToString(), images)
-    for name, a, b in zip(_output_names(proto), expected, got):
-        if a.shape != b.shape or not np.array_equal(a.astype(np.float64), b.astype(np.float64)):
-            raise ExportError(f"the int32 rewrite for TensorRT changed the output {name!r}; please report it")
-
-
-def _images(metadata: ArtifactMetadata, batch: int | None = None) -> np.ndarray:
     h, w = metadata.input_size
-    return np.random.default_rng(0).uniform(0, 1, (batch or metadata.batch or 2, 3, h, w)).astype(np.float32)
-
-
-def _run_onnx(model: bytes, images: np.ndarray) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images})
-
-
-def _output_names(proto: onnx.ModelProto) -> list[str]:
-    return [o.name for o in proto.graph.output]
-
-
-def _check_engine(path: Path, proto: onnx.ModelProto, metadata: ArtifactMetadata, precision: str) -> None:
-    """Run the engine and the ONNX graph (ONNX Runtime) on one random batch: ExportError when they disagree."""
-    from ..runtimes.tensorrt import TensorrtRuntime
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        step("not comparing the engine with ONNX Runtime (not installed)")
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExportWarning)  # the version warnings were shown before the build
-        runtime = TensorrtRuntime(path)
-    images = _images(metadata, min(2, runtime.max_batch) if runtime.dynamic else None)
-    step(f"comparing the engine with ONNX Runtime ({precision})")
-    got = runtime.run(images)
-    runtime.close()
-    names = _output_names(proto)
-    expected = _run_onnx(proto.SerializeToString(), images)
-    atol, least = ENGINE_CHECK[precision]
-    key = slice(_width(expected[0]), None)
-    rows = [_rows([got[n] for n in names]), _rows(expected)]
-    agree = float(np.mean([_agreeing_rows(a, b, key, atol) for a, b in zip(*rows)]))
-    if agree < least:
-        raise ExportError(f"the TensorRT {precision} engine agrees with ONNX Runtime (within {atol:g}) on only "
-                          f"{agree:.0%} of its outputs on a random input. Try the trt-fp32 target, or another "
-                          f"TensorRT version (FP16 on 10.4 is known to break DEIMv2), and please report it")
-
-
-def _agreeing_rows(got: np.ndarray, expected: np.ndarray, key: slice, atol: float) -> float:
-    """The fraction of one image's rows [N, F] whose nearest expected row (by the `key` columns) matches
-    within atol: near-ties that the two runtimes order differently do not count as errors."""
-    nearest = np.abs(got[:, None, key] - expected[None, :, key]).max(-1).argmin(1)
-    return float(np.mean(np.abs(got - expected[nearest]).max(-1) <= atol))
+    images = np.random.default_rng(0).uniform(0, 1, (metadata.batch or 2, 3, h, w)).astype(np.float32)
+    expected, got = (ort_session(g).run(None, {INPUT_NAME: images}) for g in (before, proto.SerializeToString()))
+    if ([a.shape for a in expected] != [b.shape for b in got]
+            or query_agreement(query_rows(got), query_rows(expected), atol=0.0) < 1.0):
+        raise ExportError("the int32 rewrite for TensorRT changed the graph's outputs; please report it")
 
 
 # ---------------------------------------------------------------------------------------------- the bundle

@@ -29,10 +29,12 @@ from typing import Any, Collection, Iterator, Mapping
 import numpy as np
 import onnx
 
+from ..calibration.hooks import Int8Hooks
 from ..errors import ConfigError, ExportError
 from ..metadata import ArtifactMetadata
 from ..progress import step
-from .tflite import _schema, convert_onnx, embed_metadata, pad_grid_samples
+from ..formats.tflite import FILE_IDENTIFIER, schema
+from .tflite import convert_onnx, name_tensors, pad_grid_samples
 
 MODES = ("mixed", "dynamic-range")
 # builtin operator codes (tflite schema BuiltinOperator)
@@ -41,6 +43,7 @@ WEIGHT_OPS = (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)
 MIN_WEIGHTS = 1024  # smaller weight tensors stay float (as TFLite's own dynamic-range quantizer does)
 INT8, FLOAT32 = 9, 0  # tflite TensorType
 MATCH_RTOL, MATCH_ATOL = 1e-3, 1e-3  # TF and ONNX Runtime float results differ by ~1e-5
+INT8_HOOKS = Int8Hooks()  # the shared search on the QDQ graph; the converter quantizes the chosen layers
 
 
 def export_tflite_int8(model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
@@ -54,7 +57,7 @@ def export_tflite_int8(model: Any, metadata: ArtifactMetadata, out_path: Path, o
                                   plan.plan.nodes, options["mode"])
     step(f"TFLite INT8 mode: {mode}")
     metadata = metadata.with_(extra={**metadata.extra, "int8": {**metadata.extra["int8"], "tflite_mode": mode}})
-    out_path.write_bytes(embed_metadata(data, metadata))
+    out_path.write_bytes(name_tensors(data, metadata))
     return out_path
 
 
@@ -111,11 +114,8 @@ def _batches(images: np.ndarray, batch: int) -> Iterator[np.ndarray]:
 
 def _onnx_values(proto: onnx.ModelProto, images_nhwc: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
     """{ONNX tensor: (its node, its values sorted)} for every float tensor of `proto` on `images_nhwc`."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ExportError("TFLite INT8 needs onnxruntime to match TFLite ops with ONNX nodes: "
-                          "pip install onnxruntime") from e
+    from ..runtimes.onnxruntime import ort_session  # MissingDependencyError naming the extra without onnxruntime
+
     graph = onnx.ModelProto.FromString(proto.SerializeToString())
     inferred = onnx.shape_inference.infer_shapes(graph).graph
     infos = {v.name: v for v in [*inferred.value_info, *inferred.output]}
@@ -127,9 +127,7 @@ def _onnx_values(proto: onnx.ModelProto, images_nhwc: np.ndarray) -> dict[str, t
             if info is not None and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
                 producer[name] = node.name
                 graph.graph.output.append(info)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(graph.SerializeToString())
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, {session.get_inputs()[0].name: images_nhwc.transpose(0, 3, 1, 2).copy()})
     return {name: (producer[name], np.sort(value, axis=None)) for name, value in zip(names, values)}
@@ -144,9 +142,9 @@ def _ops_to_quantize(model: bytes, images_nhwc: np.ndarray, wanted: set[str],
     input. Ops matching nothing (pads onnx2tf adds) and ops between two quantized ones are quantized when
     all their float inputs and all their consumers are.
     """
-    from ..runtimes.tflite import _import_interpreter
+    from ..runtimes.tflite import import_interpreter
 
-    Interpreter, OpResolverType = _import_interpreter()
+    Interpreter, OpResolverType = import_interpreter()
     interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
@@ -200,7 +198,7 @@ def _mixed(saved_model: Path, proto: onnx.ModelProto, images: np.ndarray, wanted
         from tensorflow.lite.python import convert
     except ImportError as e:
         raise ExportError(f"mixed TFLite INT8 needs tensorflow: {e}") from e
-    from ..runtimes.tflite import _import_interpreter
+    from ..runtimes.tflite import import_interpreter
 
     batch = _batch(proto)
     step(f"calibrating the activation ranges on {len(images)} images")
@@ -218,7 +216,7 @@ def _mixed(saved_model: Path, proto: onnx.ModelProto, images: np.ndarray, wanted
     chosen = _ops_to_quantize(calibrated, images[:batch], wanted, reference)
     if not chosen:
         raise ExportError("no TFLite op computes the nodes to quantize")
-    Interpreter, _ = _import_interpreter()
+    Interpreter, _ = import_interpreter()
     interpreter = Interpreter(model_content=calibrated)
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # noqa: SLF001
@@ -241,10 +239,9 @@ def _drop_fake_quant(data: bytes) -> bytes:
     where they would only round the values; their readers read the float tensor instead."""
     import flatbuffers
 
-    from ..tflite_metadata import FILE_IDENTIFIER
 
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
     graph = model.subgraphs[0]
 
     def code(op) -> int:
@@ -288,12 +285,11 @@ def _dynamic_range(model: bytes, images_nhwc: np.ndarray, wanted: set[str],
     float activations, int8 weights), the way TFLite's dynamic-range quantizer writes them."""
     import flatbuffers
 
-    from ..tflite_metadata import FILE_IDENTIFIER
 
     step("matching TFLite ops with the ONNX nodes to quantize")
     chosen = _ops_to_quantize(model, images_nhwc, wanted, reference)
-    schema = _schema()
-    flat = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    fb = schema()
+    flat = fb.ModelT.InitFromPackedBuf(bytearray(model), 0)
     graph = flat.subgraphs[0]
     readers: dict[int, int] = {}
     for op in graph.operators:
@@ -321,7 +317,7 @@ def _dynamic_range(model: bytes, images_nhwc: np.ndarray, wanted: set[str],
         q = np.clip(np.round(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
         buffer.data = q.view(np.uint8).ravel()
         tensor.type = INT8
-        tensor.quantization = schema.QuantizationParametersT()
+        tensor.quantization = fb.QuantizationParametersT()
         tensor.quantization.scale = scale.astype(np.float32).tolist()
         tensor.quantization.zeroPoint = [0] * len(scale)
         tensor.quantization.quantizedDimension = axis

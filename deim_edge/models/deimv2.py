@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DeimEdgeError, InputSizeError
+from ..sizes import as_hw
 from ..variants import Variant, get_variant
 from .decoder import DEIMv2Decoder
 from .hgnetv2 import HGNETV2_CONFIGS, HGNetv2
@@ -69,7 +70,7 @@ class DEIMv2(nn.Module):
 
     def set_input_size(self, input_size: int | tuple[int, int]) -> None:
         """Rebuild the size-dependent buffers (decoder anchors and valid mask) for another size."""
-        size = _pair(input_size)
+        size = as_hw(input_size)
         check_input_size(self.variant, *size)
         self.decoder.set_input_size(size)
 
@@ -89,10 +90,6 @@ def deploy(module: nn.Module) -> nn.Module:
         if hasattr(m, "convert_to_deploy"):
             m.convert_to_deploy()
     return module
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def build_backbone(variant: Variant) -> nn.Module:
@@ -138,6 +135,6 @@ def build_model(variant: str | Variant, num_classes: int | None = None,
     num_classes = variant.num_classes if num_classes is None else num_classes
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
-    size = _pair(input_size if input_size is not None else variant.input_size)
+    size = as_hw(input_size if input_size is not None else variant.input_size)
     check_input_size(variant, *size)
     return DEIMv2(variant, build_backbone(variant), build_encoder(variant), build_decoder(variant, num_classes, size))

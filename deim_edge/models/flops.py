@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
+from ..sizes import as_hw
 
 
 @torch.no_grad()
@@ -16,7 +17,7 @@ def flops(model: nn.Module, input_size: int | tuple[int, int] | None = None, bat
         input_size = getattr(model, "input_size", None)
         if input_size is None:
             raise ConfigError("pass input_size: the model does not record one")
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    h, w = as_hw(input_size)
     param = next(model.parameters())
     x = torch.zeros(batch, 3, h, w, dtype=param.dtype, device=param.device)
     was_training = model.training

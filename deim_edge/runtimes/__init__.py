@@ -1,4 +1,5 @@
-"""Runtimes: one small protocol, one module per inference engine, chosen by file suffix or name.
+"""Runtimes: one small protocol, one module per inference engine, chosen by file suffix or name through the
+format records of deim_edge.formats.
 
 A runtime loads an artifact, exposes its `metadata`, and maps a preprocessed batch
 [B,3,H,W] float32 to outputs in the layout the metadata names (RAW or TOPK, see metadata.py).
@@ -7,13 +8,13 @@ Engines are imported only when their runtime is loaded.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import ModelFileError
+from ..formats import format_of, get_format
 from ..metadata import ArtifactMetadata
 
 
@@ -28,40 +29,14 @@ class Runtime(Protocol):
         ...
 
 
-# runtime name -> (module, class); the module imports its engine lazily and names its extra.
-RUNTIMES = {
-    "onnxruntime": ("deim_edge.runtimes.onnxruntime", "OnnxRuntime"),
-    "openvino": ("deim_edge.runtimes.openvino", "OpenVinoRuntime"),
-    "tflite": ("deim_edge.runtimes.tflite", "TfliteRuntime"),
-    "coreml": ("deim_edge.runtimes.coreml", "CoremlRuntime"),
-    "tensorrt": ("deim_edge.runtimes.tensorrt", "TensorrtRuntime"),
-    "torch": ("deim_edge.runtimes.torch", "TorchRuntime"),
-}
-ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino", "litert": "tflite", "trt": "tensorrt",
-           "pytorch": "torch", "pth": "torch"}
-SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite", ".mlpackage": "coreml",
-            ".mlmodel": "coreml", ".engine": "tensorrt", ".plan": "tensorrt",
-            ".trt": "tensorrt", ".pth": "torch", ".pt": "torch"}
-
-
 def runtime_for(path: str | Path, backend: str | None = None) -> str:
     """The runtime name for an artifact: `backend` when given, else by file suffix."""
-    if backend is not None:
-        name = ALIASES.get(backend.lower(), backend.lower())
-        if name not in RUNTIMES:
-            raise ModelFileError(f"unknown backend {backend!r}; choose one of: {', '.join(RUNTIMES)}")
-        return name
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ModelFileError(f"cannot tell which runtime runs {str(path)!r} (suffix {suffix or 'none'}); "
-                             f"known suffixes: {', '.join(SUFFIXES)}, or pass backend=")
-    return SUFFIXES[suffix]
+    return (get_format(backend) if backend is not None else format_of(path)).runtime
 
 
 def load_runtime(path: str | Path, backend: str | None = None, **options) -> Runtime:
-    """Open `path` with the runtime `backend` names or its suffix implies."""
-    name = runtime_for(path, backend)
+    """Open `path` with the runtime `backend` names or its suffix implies (deim_edge.formats)."""
+    fmt = get_format(backend) if backend is not None else format_of(path)
     if not Path(path).exists():
         raise ModelFileError(f"model file not found: {path}")
-    module, cls = RUNTIMES[name]
-    return getattr(importlib.import_module(module), cls)(Path(path), **options)
+    return fmt.open(path, **options)

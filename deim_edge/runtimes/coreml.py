@@ -1,7 +1,7 @@
 """CoreML: deim-edge .mlpackage exports (ML programs), run by coremltools on macOS.
 
 Prediction needs Apple's Core ML framework, so only macOS runs an artifact; on any platform
-`read_metadata` reads its deim-edge record from the model specification without loading it.
+deim_edge.formats.coreml reads its deim-edge record from the model specification without loading it.
 """
 
 from __future__ import annotations
@@ -11,55 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ImageError, MissingDependencyError, ModelFileError
-from ..metadata import METADATA_KEY, ArtifactMetadata
+from ..errors import ConfigError, ImageError, ModelFileError
+from ..formats.coreml import import_coremltools, load_spec, metadata_of
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 INPUT_NAME = "images"
-
-
-def _import_coremltools():
-    try:
-        import coremltools
-    except ImportError as e:
-        raise MissingDependencyError("the CoreML backend needs coremltools: pip install 'deim-edge[coreml]'") from e
-    return coremltools
-
-
-def load_spec(path: str | Path):
-    """The model specification (protobuf) of an .mlpackage folder or .mlmodel file, without
-    loading or compiling the model (works on any platform); ModelFileError when it is not one."""
-    ct = _import_coremltools()
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}")
-    if path.is_dir() and not (path / "Manifest.json").is_file():
-        raise ModelFileError(f"{path} is a folder but not a CoreML package (no Manifest.json); "
-                             f"export one with python -m deim_edge.export --target coreml")
-    try:
-        spec = ct.utils.load_spec(str(path))
-    except Exception as e:  # noqa: BLE001 -- protobuf and libmodelpackage raise untyped errors for bad files
-        raise ModelFileError(f"{path} is not a readable CoreML model ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); export one with "
-                             f"python -m deim_edge.export --target coreml") from e
-    if not spec.HasField("description") or not spec.description.input:
-        raise ModelFileError(f"{path} is not a CoreML model (no inputs in its specification); export one with "
-                             f"python -m deim_edge.export --target coreml")
-    return spec
-
-
-def read_metadata(path: str | Path) -> ArtifactMetadata:
-    """The deim-edge metadata of a CoreML artifact, read from its specification without loading the
-    model (so it works on Linux and Windows too)."""
-    return _metadata(load_spec(path), path)
-
-
-def _metadata(spec, path: str | Path) -> ArtifactMetadata:
-    record = spec.description.metadata.userDefined.get(METADATA_KEY)
-    if record is None:
-        raise ModelFileError(f"{path} is a CoreML model without deim-edge metadata (user_defined_metadata"
-                             f"[{METADATA_KEY!r}]); export it with python -m deim_edge.export --target coreml")
-    return ArtifactMetadata.from_json(record)
 
 
 class CoremlRuntime:
@@ -75,10 +31,10 @@ class CoremlRuntime:
         units = str(compute_units).upper()
         if units not in COMPUTE_UNITS:
             raise ConfigError(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, got {compute_units!r}")
-        ct = _import_coremltools()
+        ct = import_coremltools()
         self.path = Path(path)
         spec = load_spec(self.path)
-        self.metadata = _metadata(spec, self.path)
+        self.metadata = metadata_of(spec, self.path)
         self.input_names = [i.name for i in spec.description.input]
         self.output_names = [o.name for o in spec.description.output]
         if INPUT_NAME not in self.input_names:
@@ -88,7 +44,7 @@ class CoremlRuntime:
             raise ModelFileError(
                 f"CoreML runs on Apple platforms only (macOS/iOS); this machine is {platform.system()} "
                 f"({platform.machine()}): use the .onnx/.tflite/.xml export here. The metadata of {self.path.name} "
-                f"can still be read with deim_edge.runtimes.coreml.read_metadata")
+                f"can still be read with deim_edge.formats.read_metadata")
         try:
             self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit[units])
         except Exception as e:  # noqa: BLE001 -- Core ML reports compile and load failures untyped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,33 @@ OFFICIAL_INPUTS = {"images", "orig_target_sizes"}
 OFFICIAL_OUTPUTS = {"labels", "boxes", "scores"}
 
 
-def _import_onnxruntime():
+def import_onnxruntime():
+    """The onnxruntime module; MissingDependencyError naming the extra when it is not installed."""
     try:
         import onnxruntime
     except ImportError as e:
         raise MissingDependencyError("the ONNX Runtime backend needs onnxruntime: pip install 'deim-edge[onnx]' "
                                      "(or onnxruntime-gpu for CUDA)") from e
     return onnxruntime
+
+
+def ort_session(model: bytes | str | Path, threads: int | None = 1, *,
+                providers: Sequence[str] = ("CPUExecutionProvider",), quiet: bool = True):
+    """An onnxruntime InferenceSession of `model` (a file, or a serialized ModelProto) with `threads` intra-op
+    threads (None: onnxruntime's choice) on `providers`; `quiet` keeps ONNX Runtime's warnings out of the log.
+    ModelFileError when ONNX Runtime cannot load the model."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if quiet:
+        options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else os.fspath(model), options,
+                                    providers=list(providers))
+    except Exception as e:  # onnxruntime raises its own untyped errors for unreadable models
+        what = "the serialized model" if isinstance(model, bytes) else str(model)
+        raise ModelFileError(f"{what} is not a loadable ONNX model: {str(e).splitlines()[0]}") from e
 
 
 class OnnxRuntime:
@@ -36,15 +57,7 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(os.fspath(path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors for unreadable files
-            raise ModelFileError(f"{path} is not a loadable ONNX model: {str(e).splitlines()[0]}") from e
+        self.session = ort_session(path, threads, providers=providers or ["CPUExecutionProvider"], quiet=False)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         custom = self.session.get_modelmeta().custom_metadata_map

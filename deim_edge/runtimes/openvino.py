@@ -11,22 +11,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import ConfigError, MissingDependencyError, ModelFileError
-from ..metadata import METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
+from ..errors import ConfigError, ModelFileError
+from ..formats.openvino import import_openvino, metadata_of
+from ..metadata import OUTPUT_NAMES
 
 T = TypeVar("T")
 HINTS = ("latency", "throughput")
 PRECISIONS = ("f32", "f16", "bf16")
-ONNX_METADATA = ["framework", METADATA_KEY]  # where OpenVINO's ONNX reader keeps ONNX metadata_props
-
-
-def import_openvino():
-    """The openvino module; MissingDependencyError naming the extra when it is not installed."""
-    try:
-        import openvino
-    except ImportError as e:
-        raise MissingDependencyError("the OpenVINO backend needs openvino: pip install 'deim-edge[openvino]'") from e
-    return openvino
 
 
 class OpenVinoRuntime:
@@ -53,7 +44,7 @@ class OpenVinoRuntime:
             raise ModelFileError(f"model file not found: {path}")
         core = ov.Core()
         model = _read_model(core, path)
-        self.metadata = _metadata(model, path)
+        self.metadata = metadata_of(model, path)
         if self.metadata.precision in ("fp32", "int8") and precision is None and device.upper() == "CPU":
             precision = "f32"  # CPUs with bf16 units would run the float parts in bf16 (~2e-3 drift; int8 IRs:
             # their float parts are the layers kept float for accuracy)
@@ -140,17 +131,6 @@ def _read_model(core, path: Path):
     except RuntimeError as e:
         raise ModelFileError(f"{path} is not a loadable OpenVINO model (IR .xml + .bin, or .onnx): "
                              f"{_reason(e)}") from e
-
-
-def _metadata(model, path: Path) -> ArtifactMetadata:
-    """The deim-edge record: in the IR's rt_info, or (ONNX files, and IR converted from them) where
-    OpenVINO keeps the ONNX metadata."""
-    for key in (METADATA_KEY, ONNX_METADATA):
-        if model.has_rt_info(key):
-            return ArtifactMetadata.from_json(model.get_rt_info(key).astype(str))
-    target = "onnx" if path.suffix.lower() == ".onnx" else "openvino"
-    raise ModelFileError(f"{path} has no deim-edge metadata (rt_info {METADATA_KEY!r}); export it with "
-                         f"python -m deim_edge.export --target {target}")
 
 
 def _reason(error: Exception) -> str:

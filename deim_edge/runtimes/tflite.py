@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, MetadataError, MissingDependencyError, ModelFileError
-from ..metadata import METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
-from ..tflite_metadata import is_tflite, read_metadata
+from ..formats.tflite import is_tflite, metadata_of
+from ..metadata import OUTPUT_NAMES, ArtifactMetadata
 
 INSTALL = "pip install 'deim-edge[tflite]' (or just ai-edge-litert to run)"
 
 
-def _import_interpreter():
+def import_interpreter():
     """(Interpreter, OpResolverType) of ai-edge-litert, else tflite-runtime, else tensorflow."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -57,18 +57,14 @@ class TfliteRuntime:
         if not is_tflite(data):
             raise ModelFileError(f"{path} is not a TFLite file; export one with "
                                  f"python -m deim_edge.export --target tflite")
-        entries = read_metadata(data, str(path))
-        if METADATA_KEY not in entries:
-            raise ModelFileError(f"{path} is a TFLite file without deim-edge metadata; export it with "
-                                 f"python -m deim_edge.export --target tflite")
         try:
-            self.metadata = ArtifactMetadata.from_json(entries[METADATA_KEY])
+            self.metadata = metadata_of(data, str(path))
         except MetadataError as e:
             raise ModelFileError(f"{path}: {e}") from e
         if self.metadata.output not in OUTPUT_NAMES:
             raise ModelFileError(f"{path}: unsupported output layout {self.metadata.output!r}")
 
-        Interpreter, OpResolverType = _import_interpreter()
+        Interpreter, OpResolverType = import_interpreter()
         resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
             self.interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads,
@@ -85,7 +81,7 @@ class TfliteRuntime:
         self._input = inputs[0]
         shape = tuple(int(s) for s in self._input["shape"])
         self.nhwc = shape[3] == 3 and shape[1] != 3  # onnx2tf makes images NHWC; H, W are multiples of 32
-        self._outputs = _map_outputs(self.interpreter.get_output_details(), self.metadata, path)
+        self._outputs = map_outputs(self.interpreter.get_output_details(), self.metadata, path)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -119,7 +115,7 @@ class TfliteRuntime:
         self._input = self.interpreter.get_input_details()[0]
 
 
-def _map_outputs(details: list[dict], metadata: ArtifactMetadata, path: Path) -> dict[str, int]:
+def map_outputs(details: list[dict], metadata: ArtifactMetadata, path: Path) -> dict[str, int]:
     """{layout name: tensor index}: by tensor name (deim-edge exports name them), else by shape and dtype."""
     wanted = OUTPUT_NAMES[metadata.output]
     by_name = {d["name"]: d["index"] for d in details}

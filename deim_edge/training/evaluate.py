@@ -1,48 +1,20 @@
-"""COCO box AP of a model (or of any detections) on a CocoDetection set, with faster-coco-eval."""
+"""COCO box AP of a model on a CocoDetection set: its detections, made as at deployment, scored by
+deim_edge.accuracy."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..accuracy import score
 from ..decode import decode
+from ..errors import ConfigError
 from ..preprocess import preprocess
-from ..errors import ConfigError, MissingDependencyError
 from ..progress import Progress
 from ..results import Detections
+from ..sizes import as_hw
 from .data.coco import CocoDetection
-
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval stats, in order
-
-
-def evaluate_detections(dataset: CocoDetection, detections_per_image: Mapping[int, Detections]) -> dict[str, float]:
-    """COCO bbox metrics of detections over the images of `dataset`.
-
-    detections_per_image maps an image id (the JSON's) to its Detections: x1,y1,x2,y2 in that image's
-    pixels, labels the dataset's contiguous 0..C-1 (turned into category ids here). Images of
-    dataset.image_ids without an entry have no detections. Returns {AP, AP50, AP75, APs, APm, APl}: floats
-    in [0, 1], -1.0 where COCO has nothing to measure (no ground truth of that size).
-    """
-    try:
-        from faster_coco_eval import COCOeval_faster
-    except ImportError:
-        raise MissingDependencyError("COCO evaluation needs faster-coco-eval: pip install 'deim-edge[train]'") from None
-    image_ids = dataset.image_ids
-    unknown = set(detections_per_image) - set(image_ids)
-    if unknown:
-        raise ConfigError(f"detections for image ids not in the dataset: {sorted(unknown)[:5]}; key the "
-                          "detections by the image ids of the same annotation file")
-    records = [r for image_id, dets in detections_per_image.items()
-               for r in dets.to_coco(int(image_id), dataset.category_ids)]
-    coco_gt = dataset.coco
-    evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(records), iouType="bbox")
-    evaluator.params.imgIds = image_ids
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return {name: float(v) for name, v in zip(METRICS, evaluator.stats[:len(METRICS)])}
 
 
 @torch.no_grad()
@@ -61,8 +33,7 @@ def predict_dataset(model: nn.Module, dataset: CocoDetection, batch_size: int = 
                           "resizes each image itself and maps boxes back to the file's size")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    height, width = model.input_size if input_size is None else (
-        (input_size, input_size) if isinstance(input_size, int) else tuple(input_size))
+    height, width = as_hw(model.input_size if input_size is None else input_size)
     variant = model.variant
     was_training = model.training
     model.eval()
@@ -91,6 +62,6 @@ def evaluate(model: nn.Module, dataset: CocoDetection, batch_size: int = 8,
              input_size: int | tuple[int, int] | None = None, device: str | torch.device = "cpu",
              max_det: int = 300, progress: bool = False) -> dict[str, float]:
     """COCO bbox metrics {AP, AP50, AP75, APs, APm, APl} of a DEIMv2 model on `dataset` (see
-    predict_dataset for the preprocessing and evaluate_detections for the metrics)."""
+    predict_dataset for the preprocessing and deim_edge.accuracy.score for the metrics)."""
     detections = predict_dataset(model, dataset, batch_size, input_size, device, max_det, progress)
-    return evaluate_detections(dataset, detections)
+    return score(dataset.coco, detections, dataset.category_ids, dataset.image_ids)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..accuracy import METRICS
 from ..errors import ConfigError, DeimEdgeError
 from ..fileio import atomic_path
 from ..models import build_model, read_state_dict, save_checkpoint
@@ -33,7 +34,7 @@ from .data.coco import CocoDetection
 from .dense_o2o import AugmentationPolicy, TrainPipeline
 from .distributed import convert_sync_batchnorm, rank_order, setup
 from .ema import ModelEMA
-from .evaluate import METRICS, evaluate
+from .evaluate import evaluate
 from .optim import build_optimizer
 from .schedule import FlatCosineSchedule
 

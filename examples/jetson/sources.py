@@ -20,9 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deim_edge.errors import ImageError
+from deim_edge.media import Video, image_files, is_image, read_image
+
 log = logging.getLogger("detect_stream")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 LIVE_KINDS = {"csi", "usb", "network", "gst", "synthetic"}
 
@@ -88,7 +90,7 @@ def parse_source(text: str, **options) -> SourceSpec:
     if path.is_dir():
         return SourceSpec("folder", text, **options)
     if path.is_file():
-        return SourceSpec("folder" if path.suffix.lower() in IMAGE_SUFFIXES else "file", text, **options)
+        return SourceSpec("folder" if is_image(path) else "file", text, **options)
     raise SourceError(f"source {text!r} not found: give a camera (csi, csi:N, usb:N, /dev/videoN), a stream URL "
                       f"(rtsp://..., http://...), gst:<pipeline>, a video file, an image folder, or synthetic",
                       fatal=True)
@@ -109,50 +111,47 @@ class Capture:
 
 
 class CvCapture(Capture):
-    """cv2.VideoCapture over a camera, a stream URL, a GStreamer pipeline or a video file."""
+    """deim_edge.media.Video (OpenCV) over a camera, a stream URL, a GStreamer pipeline or a video file."""
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
-        self.cap = _open_cv(spec)
-        fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and 0 < fps < 1000 else None
+        self.video = _open_video(spec)
+        self.fps = self.video.fps
 
     def read(self) -> tuple[np.ndarray, str] | None:
-        ok, image = self.cap.read()
-        return (image, "") if ok and image is not None and image.size else None
+        image = self.video.read()
+        return None if image is None else (image, "")
 
     def close(self) -> None:
-        self.cap.release()
+        self.video.close()
 
 
-def _open_cv(spec: SourceSpec) -> cv2.VideoCapture:
-    if spec.kind in ("csi", "gst") or (spec.kind == "network" and spec.gst_decode):
-        _require_gstreamer(spec)
-        pipeline = {"csi": csi_pipeline, "gst": lambda s: s.target, "network": decode_pipeline}[spec.kind](spec)
-        log.debug("GStreamer pipeline: %s", pipeline)
-        cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
-    elif spec.kind == "usb":
-        device = int(spec.target) if spec.target.isdigit() else spec.target
-        cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
-        if cap.isOpened():
+def _open_video(spec: SourceSpec) -> Video:
+    try:
+        if spec.kind in ("csi", "gst") or (spec.kind == "network" and spec.gst_decode):
+            _require_gstreamer(spec)
+            pipeline = {"csi": csi_pipeline, "gst": lambda s: s.target, "network": decode_pipeline}[spec.kind](spec)
+            log.debug("GStreamer pipeline: %s", pipeline)
+            return Video(pipeline, cv2.CAP_GSTREAMER)
+        if spec.kind == "usb":
+            video = Video(int(spec.target) if spec.target.isdigit() else spec.target, cv2.CAP_V4L2)
+            cap = video.capture
             cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))  # full frame rate at HD on most webcams
             for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, spec.width), (cv2.CAP_PROP_FRAME_HEIGHT, spec.height),
                                 (cv2.CAP_PROP_FPS, spec.fps)):
                 if value:
                     cap.set(prop, value)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver keeps one frame, not a backlog
-    elif spec.kind == "network":
-        if spec.target.lower().startswith(("rtsp://", "rtsps://")):
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{spec.rtsp_transport}"
-        ms = int(spec.timeout_s * 1000)
-        cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG,
-                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-    else:  # a video file
-        cap = cv2.VideoCapture(spec.target)
-    if not cap.isOpened():
-        cap.release()
-        raise SourceError(f"cannot open {spec.describe()}" + _open_hint(spec), fatal=spec.kind == "file")
-    return cap
+            return video
+        if spec.kind == "network":
+            if spec.target.lower().startswith(("rtsp://", "rtsps://")):
+                os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{spec.rtsp_transport}"
+            ms = int(spec.timeout_s * 1000)
+            return Video(spec.target, cv2.CAP_FFMPEG,
+                         [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        return Video(spec.target)  # a video file
+    except ImageError:  # its message would show a stream's password; describe() leaves it out
+        raise SourceError(f"cannot open {spec.describe()}" + _open_hint(spec), fatal=spec.kind == "file") from None
 
 
 def _open_hint(spec: SourceSpec) -> str:
@@ -190,18 +189,17 @@ class FolderCapture(Capture):
     """The images of a folder (or one image file), in name order."""
 
     def __init__(self, spec: SourceSpec) -> None:
-        path = Path(spec.target)
-        self.files = [path] if path.is_file() else sorted(
-            p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
-            raise SourceError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", fatal=True)
+        try:
+            self.files = image_files([spec.target])
+        except ImageError as e:
+            raise SourceError(str(e), fatal=True) from None
         self.next = 0
 
     def read(self) -> tuple[np.ndarray, str] | None:
         while self.next < len(self.files):
             path = self.files[self.next]
             self.next += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image = read_image(path)
             if image is not None:
                 return image, path.name
             log.warning("skipping %s: not an image OpenCV can read", path)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from ...errors import ConfigError, ImageError, MissingDependencyError
+from ...accuracy import load_coco
+from ...errors import ConfigError, ImageError
 
 Sample = tuple[np.ndarray, dict[str, Any]]
 Transform = Callable[[np.ndarray, dict[str, Any]], Sample]
@@ -142,7 +143,7 @@ class CocoDetection:
     """COCO-format detection samples with contiguous labels 0..C-1 (categories sorted by id).
 
     `class_names[label]`, `category_ids[label]` (the JSON's id), `num_classes`, `image_ids` (the kept
-    images' original ids, in sample order), `coco` (a faster-coco-eval COCO of the JSON, for
+    images' original ids, in sample order), `coco` (a COCO object of the JSON, for
     evaluation), `counts` (what was dropped, clipped or converted) and `report()`.
     """
 
@@ -177,13 +178,9 @@ class CocoDetection:
 
     @functools.cached_property
     def coco(self):
-        """The annotation JSON as a faster_coco_eval.COCO (original image and category ids)."""
-        try:
-            from faster_coco_eval import COCO
-        except ImportError:
-            raise MissingDependencyError("COCO evaluation needs faster-coco-eval: "
-                                         "pip install 'deim-edge[train]'") from None
-        return COCO(str(self.annotations_json))
+        """The annotation JSON as a COCO object of faster-coco-eval or pycocotools (original image and category
+        ids), for deim_edge.accuracy.score."""
+        return load_coco(self.annotations_json)
 
     def _image_records(self, data: dict) -> list[dict]:
         """One record per image entry whose id and file are usable, in JSON order."""

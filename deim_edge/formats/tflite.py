@@ -1,4 +1,5 @@
-"""The metadata entries of a TFLite flatbuffer, read in pure Python (no numpy, torch or tensorflow).
+"""The deim-edge metadata of TFLite files, read in pure Python (no numpy, torch or tensorflow) and written with
+the flatbuffers package and LiteRT's schema.
 
 A .tflite file is a flatbuffer whose root table is the schema's `Model`; its `metadata` vector
 holds (name, buffer index) pairs and `buffers` the bytes. deim-edge stores its ArtifactMetadata JSON
@@ -9,8 +10,10 @@ Field numbers are those of tensorflow/lite/schema/schema.fbs.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
+from ..metadata import METADATA_KEY, ArtifactMetadata
 
 FILE_IDENTIFIER = b"TFL3"
 MODEL_BUFFERS = 4  # Model.buffers: [Buffer]
@@ -77,7 +80,7 @@ def is_tflite(data: bytes) -> bool:
     return len(data) >= 8 and data[4:8] == FILE_IDENTIFIER
 
 
-def read_metadata(data: bytes, name: str = "the model") -> dict[str, bytes]:
+def read_entries(data: bytes, name: str = "the model") -> dict[str, bytes]:
     """{entry name: bytes} of the Model.metadata entries of a TFLite flatbuffer (`name` is used in errors).
 
     ModelFileError when `data` is not a TFLite flatbuffer or its metadata cannot be read.
@@ -106,3 +109,62 @@ def _buffer_bytes(r: _Reader, buffer: int, data: bytes, name: str) -> bytes:
             raise ModelFileError(f"{name} is not a valid TFLite file (a buffer runs past its end)")
         return bytes(data[offset:offset + size])
     return r.bytes_field(buffer, BUFFER_DATA) or b""
+
+
+def read_metadata(path: Path) -> ArtifactMetadata:
+    """The record inside the .tflite file at `path`; ModelFileError when it has none."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e}") from e
+    return metadata_of(data, str(path))
+
+
+def metadata_of(data: bytes, name: str) -> ArtifactMetadata:
+    """The record inside .tflite bytes (`name` is used in errors)."""
+    entries = read_entries(data, name)
+    if METADATA_KEY not in entries:
+        raise ModelFileError(f"{name} is a TFLite file without deim-edge metadata; export it with "
+                             f"python -m deim_edge.export --target tflite")
+    return ArtifactMetadata.from_json(entries[METADATA_KEY])
+
+
+def schema():
+    """The TFLite flatbuffer schema's Python classes (LiteRT's copy, else TensorFlow's)."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated
+
+
+def embed(data: bytes, metadata: ArtifactMetadata, renames: dict[int, str] | None = None) -> bytes:
+    """`data` (a .tflite) with the metadata JSON as Model.metadata entry METADATA_KEY (replacing one there), and
+    the first subgraph's tensors renamed as `renames` says (tensor index -> name)."""
+    import flatbuffers
+    import numpy as np
+
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for index, name in (renames or {}).items():
+        model.subgraphs[0].tensors[index].name = name
+    buffer = fb.BufferT()
+    buffer.data = np.frombuffer(metadata.to_json().encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = fb.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = len(model.buffers) - 1
+    kept = [m for m in (model.metadata or []) if _text(m.name) != METADATA_KEY]
+    model.metadata = [*kept, entry]
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def write_metadata(path: Path, metadata: ArtifactMetadata) -> None:
+    """Replace the record inside the .tflite file at `path`."""
+    path.write_bytes(embed(path.read_bytes(), metadata))
+
+
+def _text(value: str | bytes | None) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value or "")
