@@ -64,7 +64,8 @@ def test_unknown_files_and_backends_are_refused_with_the_choices() -> None:
 
 def test_where_a_format_cannot_run_it_says_why() -> None:
     if platform.system() != "Darwin":
-        assert "only on macOS" in get_format("coreml").unavailable() or "coremltools" in get_format("coreml").unavailable()
+        reason = get_format("coreml").unavailable()
+        assert "only on macOS" in reason or "coremltools" in reason
     if importlib.util.find_spec("tensorrt") is None:
         assert "tensorrt" in get_format("tensorrt").unavailable()
     assert get_format("torch").metadata is None

@@ -34,7 +34,7 @@ class Int8Plan:
     fp32_onnx: onnx.ModelProto
     calibration: CalibrationSet
     plan: Plan
-    qdq_onnx: onnx.ModelProto  # the plan as a QDQ graph (the onnx-int8 artifact; TensorRT-ready for trt-int8)
+    qdq_onnx: onnx.ModelProto | None  # the plan as a QDQ graph, where the target ships it (onnx-int8, trt-int8)
     figures: dict  # the gate's figures of the chosen plan as the search measured it (QDQ in ORT, or the backend's)
     rounds: list[dict] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)
@@ -91,5 +91,5 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
         else:
             budget = settings.max_drop if settings.max_drop is not None else DEFAULT_BUDGET
             chosen, figures, rounds = search(plan, measure_plan, rank, budget, fail=settings.max_drop is not None)
-        qdq = quantizer.quantize(chosen.nodes)
+        qdq = quantizer.quantize(chosen.nodes) if hooks.ships_qdq else None
     return Int8Plan(fp32_onnx, calibration, chosen, qdq, public(figures), rounds, ranking), reference, data

@@ -43,8 +43,9 @@ def _ort_quantization():
 
 
 class QdqQuantizer:
-    """Calibrates `proto` on `batches` once (activation ranges cached), then `quantize(nodes)` returns the QDQ
-    graph with just those nodes in INT8, in seconds. Use as a context manager (it owns a temporary folder)."""
+    """Calibrates `proto` on `batches` once, on the first `quantize` (activation ranges cached), then
+    `quantize(nodes)` returns the QDQ graph with just those nodes in INT8, in seconds. Use as a context manager
+    (it owns a temporary folder)."""
 
     def __init__(self, proto: onnx.ModelProto, batches: Sequence[np.ndarray], op_types: Sequence[str],
                  method: str = "minmax", style: str = "ort", progress: bool = True) -> None:
@@ -60,8 +61,7 @@ class QdqQuantizer:
         self.model_path, self.cache = folder / "fp32.onnx", folder / "ranges.json"
         onnx.save(proto, str(self.model_path))
         self.metadata_props = list(proto.metadata_props)
-        step(f"calibrating ({method}, {len(batches)} images)")
-        self._run(self.op_types, _Reader(batches, progress))
+        self.batches, self._calibrated = batches, False
 
     def __enter__(self) -> QdqQuantizer:
         return self
@@ -73,6 +73,10 @@ class QdqQuantizer:
         """The QDQ graph with `nodes` (names) in INT8 and the rest float, the input's metadata kept."""
         if not nodes:
             raise ConfigError("nothing to quantize: every layer is kept float")
+        if not self._calibrated:
+            step(f"calibrating ({self.method}, {len(self.batches)} images)")
+            self._run(self.op_types, _Reader(self.batches, self.progress))
+            self._calibrated = True
         out = Path(self._folder.name) / "int8.onnx"
         self._run(self.op_types, None, out, list(nodes))
         proto = onnx.load(str(out))

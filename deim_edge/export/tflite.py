@@ -9,6 +9,7 @@ the layout names them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -34,6 +35,8 @@ from .onnx import INPUT_NAME, build_onnx
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 SAMPLE_SHAPE = (20, 128, 128, 3)
 OUTPUT_FILES = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite"}
+KEEP_BYTES = 128 * 2**20  # of recent onnx2tf results kept in memory (a Pico's pair is ~10 MB)
+_CONVERSIONS: dict[str, dict[str, bytes]] = {}  # graph hash -> onnx2tf's files, oldest first
 # onnx2tf's progress lines (-v info) shown as steps; everything else it prints is kept for error messages
 MILESTONES = {
     "Model optimizing started": "onnx2tf: simplifying the graph (onnxsim)",
@@ -54,16 +57,33 @@ def export_tflite(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, 
     if metadata.precision not in OUTPUT_FILES:
         raise ExportError(f"no TFLite conversion for precision {metadata.precision!r}; "
                           f"use one of {', '.join(OUTPUT_FILES)}")
-    proto = build_onnx(model, metadata, int(options["opset"]), bool(options["simplify"]))
-    with tempfile.TemporaryDirectory(prefix="deim-edge-tflite-") as folder:
-        converted = convert_onnx(pad_grid_samples(proto), Path(folder), metadata.precision)
-        step(f"embedding the metadata ({metadata.precision}, {len(converted) / 1e6:.1f} MB)")
-        out_path.write_bytes(name_tensors(converted, metadata))
+    padded = pad_grid_samples(build_onnx(model, metadata, int(options["opset"]), bool(options["simplify"])))
+    converted = _float_conversions(padded)[metadata.precision]
+    step(f"embedding the metadata ({metadata.precision}, {len(converted) / 1e6:.1f} MB)")
+    out_path.write_bytes(name_tensors(converted, metadata))
     return out_path
 
 
-def convert_onnx(proto: onnx.ModelProto, folder: Path, precision: str) -> bytes:
-    """The .tflite bytes onnx2tf makes of `proto` (float32 or float16 weights), working in `folder`."""
+def _float_conversions(proto: onnx.ModelProto) -> dict[str, bytes]:
+    """{precision: .tflite bytes} of one onnx2tf run on `proto`. onnx2tf writes the float32 and float16 files in
+    one run, so recent runs are kept (by graph, up to KEEP_BYTES): the tflite and tflite-fp16 exports of a model
+    convert once."""
+    key = hashlib.sha256(proto.graph.SerializeToString() + repr(list(proto.opset_import)).encode()).hexdigest()
+    if key in _CONVERSIONS:
+        step("reusing onnx2tf's conversion of this graph (one run writes the float32 and float16 files)")
+        _CONVERSIONS[key] = _CONVERSIONS.pop(key)  # the most recent last
+        return _CONVERSIONS[key]
+    with tempfile.TemporaryDirectory(prefix="deim-edge-tflite-") as folder:
+        converted = convert_onnx(proto, Path(folder))
+    _CONVERSIONS[key] = converted
+    while sum(len(b) for files in _CONVERSIONS.values() for b in files.values()) > KEEP_BYTES and len(_CONVERSIONS) > 1:
+        del _CONVERSIONS[next(iter(_CONVERSIONS))]
+    return converted
+
+
+def convert_onnx(proto: onnx.ModelProto, folder: Path) -> dict[str, bytes]:
+    """{precision: .tflite bytes} of the float32 and float16 files onnx2tf makes of `proto`, working in `folder`
+    (the SavedModel stays in folder / "tf")."""
     onnx.save(proto, str(folder / "model.onnx"))
     batch = max(1, proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value)
     samples = np.random.default_rng(0).uniform(0, 1, (max(SAMPLE_SHAPE[0], batch), *SAMPLE_SHAPE[1:]))
@@ -88,12 +108,12 @@ def convert_onnx(proto: onnx.ModelProto, folder: Path, precision: str) -> bytes:
         except BaseException:
             process.kill()
             raise
-    result = folder / "tf" / OUTPUT_FILES[precision]
-    if process.returncode != 0 or not result.is_file():
+    results = {precision: folder / "tf" / name for precision, name in OUTPUT_FILES.items()}
+    if process.returncode != 0 or not all(r.is_file() for r in results.values()):
         tail = "\n".join(log[-20:])
         raise ExportError(f"onnx2tf failed (exit status {process.returncode}); its last lines:\n{tail}")
     step(f"onnx2tf done in {time.perf_counter() - start:.0f} s")
-    return result.read_bytes()
+    return {precision: result.read_bytes() for precision, result in results.items()}
 
 
 def pad_grid_samples(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -77,7 +77,7 @@ def convert_int8(proto: onnx.ModelProto, folder: Path, calibration_nhwc: np.ndar
     wanted = set(quantize_nodes) & {n.name for n in proto.graph.node}
     if not wanted:
         raise ConfigError("none of the nodes to quantize is in the ONNX graph; nothing would be INT8")
-    float_model = convert_onnx(proto, folder, "fp32")  # also leaves the SavedModel in folder / "tf"
+    float_model = convert_onnx(proto, folder)["fp32"]  # also leaves the SavedModel in folder / "tf"
     reference = _onnx_values(proto, images[:_batch(proto)])
     if mode == "mixed":
         try:

@@ -69,7 +69,8 @@ class Format:
         if importlib.util.find_spec(self.runtime_class.split(":")[0]) is None:
             return f"this deim-edge build has no {self.runtime} runtime"
         if self.system is not None and platform.system() != self.system:
-            return f"{self.runtime} runs only on {SYSTEM_NAMES.get(self.system, self.system)} (this is {platform.system()})"
+            system = SYSTEM_NAMES.get(self.system, self.system)
+            return f"{self.runtime} runs only on {system} (this is {platform.system()})"
         if self.needs_gpu and not (shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists()
                                    or Path("/etc/nv_tegra_release").exists()):
             return "no NVIDIA GPU here"
