@@ -26,6 +26,7 @@ import numpy as np
 from . import __version__, compare
 from .errors import ConfigError, DeimEdgeError
 from .fileio import atomic_path
+from .media import read_image
 from .progress import reporting, step
 
 CHECKPOINT = Path(__file__).resolve().parent / "assets" / "deimv2-atto-synthetic.pth"
@@ -173,7 +174,7 @@ def export_all(runs: list[TargetRun], source: Source, folder: Path, use_cache: b
 
 # ---------------------------------------------------------------------------------- images, agreement
 
-def sample_images(folder: Path) -> list[Path]:
+def sample_files(folder: Path) -> list[Path]:
     """The bundled sample images; when the package has none installed, synthetic ones drawn into `folder`."""
     from .media import SAMPLES, image_files
 
@@ -242,8 +243,8 @@ def demo(out: str | Path = "runs/demo", targets: list[str] | None = None, budget
     runs = plan(targets)
     with reporting():
         export_all(runs, source, out / "artifacts", export_cache)
-        files = sample_images(out / "samples")
-        samples = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
+        files = sample_files(out / "samples")
+        samples = [read_image(f) for f in files]
         detect_all(runs, samples, threads)
         save_images(runs, files, samples, out / "images", conf)
         ran = sorted((r for r in runs if r.status == "ran"), key=lambda r: r.target != REFERENCE)  # ratios to ONNX

@@ -31,9 +31,10 @@ def is_video(path: str | os.PathLike) -> bool:
 
 def media_files(sources: Sequence[str | os.PathLike], suffixes: Collection[str] = MEDIA_SUFFIXES,
                 recursive: bool = False) -> list[Path]:
-    """Files named directly, and the files inside the folders named (in subfolders too when `recursive`),
-    sorted per folder; only files with one of `suffixes`. ImageError for a path that does not exist, a file
-    of another kind, or a folder without any such file."""
+    """Files named directly, and the files inside the folders named (in subfolders too when `recursive`) that have
+    one of `suffixes`, sorted per folder. A file named directly is taken whatever its suffix (OpenCV reads more
+    formats than these lists name), unless it is of the other known kind (a video where images are asked).
+    ImageError for a path that does not exist, such a file, or a folder without any file of `suffixes`."""
     kinds, listed = _kinds(suffixes), ", ".join(sorted(suffixes))
     files: list[Path] = []
     for source in map(Path, sources):
@@ -45,7 +46,7 @@ def media_files(sources: Sequence[str | os.PathLike], suffixes: Collection[str] 
                 raise ImageError(f"no {kinds} ({listed}) in {where}")
             files.extend(found)
         elif source.is_file():
-            if source.suffix.lower() not in suffixes:
+            if source.suffix.lower() in MEDIA_SUFFIXES - frozenset(suffixes):
                 raise ImageError(f"{source} is not one of the {kinds} deim-edge reads: its suffix is not one of "
                                  f"{listed}")
             files.append(source)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, ImageError
+from .media import read_image
 from .metadata import RESIZE_MODES
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -41,8 +42,7 @@ def _read_file(path: Path) -> np.ndarray:
         raise ImageError(f"no such image file: {path}")
     if path.is_dir():
         raise ImageError(f"{path} is a directory; pass an image file (or list its images yourself)")
-    data = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    bgr = read_image(path)
     if bgr is None:
         raise ImageError(f"{path} is not an image OpenCV can read (empty, corrupt or another kind of file)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

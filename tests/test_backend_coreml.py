@@ -145,6 +145,18 @@ def test_metadata_and_labels(topk_fp16: Path, raw_fp32: Path) -> None:
         assert "normalized" in spec.description.input[0].shortDescription
 
 
+def test_metadata_is_rewritten_in_place(topk_fp16: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from deim_edge.formats import get_format
+
+    copy = tmp_path / topk_fp16.name
+    shutil.copytree(topk_fp16, copy)
+    changed = read_metadata(copy).with_(max_det=7, extra={"accuracy": {"drop": 0.1}})
+    get_format("coreml").write_metadata(copy, changed)
+    assert read_metadata(copy) == changed and sorted(p.name for p in tmp_path.iterdir()) == [copy.name]
+
+
 def test_metadata_reads_without_torch_and_prediction_says_where_it_runs(topk_fp16: Path) -> None:
     code = f"""
 import sys

@@ -32,7 +32,7 @@ from deim_edge.export.onnx import build_onnx  # noqa: E402
 from deim_edge.export.tensorrt import fp32_layers, prepare_onnx, trtexec_args  # noqa: E402
 from deim_edge.export.weights import random_model  # noqa: E402
 from deim_edge.formats import format_of, get_format  # noqa: E402
-from deim_edge.formats.onnx_props import read_onnx_metadata  # noqa: E402
+from deim_edge.formats.onnx import read_onnx_metadata  # noqa: E402
 from deim_edge.formats.tensorrt import (MAGIC, read_bundle, read_engine_file, read_metadata,  # noqa: E402
                                         write_engine_file, write_metadata)
 from deim_edge.metadata import METADATA_KEY, RAW, TOPK, ArtifactMetadata  # noqa: E402

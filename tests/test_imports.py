@@ -131,19 +131,28 @@ def test_the_package_has_no_import_cycles() -> None:
     assert not cycles, "\n".join(cycles)
 
 
-@pytest.mark.parametrize("module", ["deim_edge.formats", "deim_edge.compare", "deim_edge.runtimes"])
-def test_shared_modules_import_without_torch(module: str) -> None:
+def run_without_torch(code: str) -> None:
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "class Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] == 'torch':\n"
-            "            raise ImportError('torch is blocked')\n"
-            "sys.meta_path.insert(0, Block())\n"
-            f"import {module}\n"
-            "assert not any(m.startswith(('deim_edge.export', 'deim_edge.training', 'deim_edge.bench')) "
-            "for m in sys.modules), sorted(sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    blocker = ("import sys\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] == 'torch':\n"
+               "            raise ImportError('torch is blocked')\n"
+               "sys.meta_path.insert(0, Block())\n")
+    result = subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", ["deim_edge.formats", "deim_edge.compare", "deim_edge.runtimes",
+                                    "deim_edge.media", "deim_edge.accuracy", "deim_edge.synthetic"])
+def test_shared_modules_import_without_torch(module: str) -> None:
+    run_without_torch(f"import {module}\n"
+                      "assert not any(m.startswith(('deim_edge.export', 'deim_edge.training', 'deim_edge.bench')) "
+                      "for m in sys.modules), sorted(sys.modules)\n")
+
+
+def test_the_export_cli_imports_without_torch() -> None:
+    """On a Jetson without torch, `python -m deim_edge.export --build-engine` and --list-targets still run."""
+    run_without_torch("import deim_edge.export, deim_edge.export.__main__\n")

@@ -57,10 +57,10 @@ def test_folders_are_listed_flat_or_recursively_sorted_and_filtered(tmp_path):
 
 
 def test_unknown_suffixes_missing_paths_and_empty_folders_are_clear_errors(tmp_path):
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "frame.pgm").write_bytes(b"P5 1 1 255 \x00")  # OpenCV reads it, the lists do not name it
     _write_video(tmp_path / "clip.avi", frames=2)
-    with pytest.raises(ImageError, match=r"notes.txt is not one of the images or videos .*\.jpg"):
-        media_files([tmp_path / "notes.txt"])
+    assert media_files([tmp_path / "frame.pgm"]) == [tmp_path / "frame.pgm"]  # named directly: taken
+    assert read_image(tmp_path / "frame.pgm").shape == (1, 1, 3)
     with pytest.raises(ImageError, match="clip.avi is not one of the images"):
         image_files([tmp_path / "clip.avi"])
     with pytest.raises(ImageError, match="not found: .*nothing"):

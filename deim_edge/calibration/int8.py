@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 import onnx
 
 from ..detector import Detector
+from ..formats import format_of
 from ..metadata import ArtifactMetadata
 from ..progress import step
 from ..runtimes.torch import TorchRuntime
@@ -76,7 +76,9 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
                 path = backend[1](candidate.nodes, calibration.batches(), Path(folder) / f"candidate{backend[0]}")
             step(f"measuring {candidate.recipe} INT8 ({len(candidate.nodes)} nodes, "
                  f"{len(candidate.float_layers)} layers kept float) as {path.suffix}")
-            figures = measure(Detector(path, threads=1), reference, data, cache.get("reference"), progress)
+            fmt = format_of(path)
+            figures = measure(Detector(fmt.open(path, **fmt.check_options)), reference, data, cache.get("reference"),
+                              progress)
             cache.setdefault("reference", figures["_reference"])
             return figures
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..calibration.settings import DEFAULT_SIZE as DEFAULT_CALIB_SIZE, QuantizeSettings
 from ..errors import ConfigError, DeimEdgeError, ExportError
 from ..fileio import artifact_size_mb, atomic_path, staged_output
-from ..formats import Format
+from ..formats import Format, get_format
 from ..metadata import COCO_CLASSES, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
 from ..progress import reporting, step, warn
 from ..sizes import as_hw
 from .registry import ONNX_OPTIONS, Target, get_target
-from .verify import verify_artifact
 
 if TYPE_CHECKING:
     from torch import nn
@@ -83,7 +83,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
                                                                          settings, progress)
                 written = tmp.parent / tgt.export(model, metadata, tmp, target_options).name
                 if target_options.get("verify", True):
-                    verify_artifact(written, model, metadata, tgt.record)
+                    _verify(written, tmp, model, metadata, tgt.record)
                 if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
                     figures, gate = None, _float_gate(model, metadata, settings)
                 if gate is not None:  # the backend's own artifact, measured
@@ -105,12 +105,21 @@ def _plan_int8(model: nn.Module, metadata: ArtifactMetadata, tgt: Target, option
                settings: QuantizeSettings, progress: bool):
     """(metadata with the INT8 record, target options with the plan, the figures if final, the gate's
     reference and data when the backend's artifact must be measured again)."""
+    import onnx
+
     from ..calibration.int8 import plan_int8
     from .onnx import build_onnx
 
     hooks = tgt.int8_hooks()
-    fp32 = build_onnx(model, metadata.with_(precision="fp32"), int(options.get("opset", ONNX_OPTIONS["opset"])),
+    fp32_metadata = metadata.with_(precision="fp32")
+    fp32 = build_onnx(model, fp32_metadata, int(options.get("opset", ONNX_OPTIONS["opset"])),
                       bool(options.get("simplify", True)))
+    if options.get("verify", True):  # the graph every backend quantizes: as an ONNX artifact, against PyTorch
+        from .verify import verify_artifact
+
+        with tempfile.TemporaryDirectory(prefix="deim-edge-fp32-") as folder:
+            onnx.save(fp32, str(Path(folder) / "fp32.onnx"))
+            verify_artifact(Path(folder) / "fp32.onnx", model, fp32_metadata, get_format("onnx"))
     plan, reference, data = plan_int8(model, metadata, settings, fp32, hooks, progress)
     metadata = metadata.with_(extra={**metadata.extra, "int8": plan.record(settings)})
     options = {**options, "int8": plan}
@@ -120,6 +129,17 @@ def _plan_int8(model: nn.Module, metadata: ArtifactMetadata, tgt: Target, option
         figures = {**plan.figures, "measured": where}
         return metadata.with_(extra={**metadata.extra, "accuracy": figures}), options, figures, None
     return metadata, options, None, (reference, data)
+
+
+def _verify(written: Path, requested: Path, model: nn.Module, metadata: ArtifactMetadata, fmt: Format) -> None:
+    """The export's check of the written artifact; not of a TensorRT bundle (written where no engine can be
+    built), which holds no engine to run."""
+    from .verify import verify_artifact
+
+    if written.name != requested.name:
+        step(f"not running {written.name} against PyTorch: it is a bundle, its engine is built on the device")
+        return
+    verify_artifact(written, model, metadata, fmt)
 
 
 def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: QuantizeSettings):

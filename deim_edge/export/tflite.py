@@ -76,8 +76,8 @@ def _float_conversions(proto: onnx.ModelProto) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="deim-edge-tflite-") as folder:
         converted = convert_onnx(proto, Path(folder))
     _CONVERSIONS[key] = converted
-    while sum(len(b) for files in _CONVERSIONS.values() for b in files.values()) > KEEP_BYTES and len(_CONVERSIONS) > 1:
-        del _CONVERSIONS[next(iter(_CONVERSIONS))]
+    while _CONVERSIONS and sum(len(b) for files in _CONVERSIONS.values() for b in files.values()) > KEEP_BYTES:
+        del _CONVERSIONS[next(iter(_CONVERSIONS))]  # the oldest first (a pair over the limit is not kept)
     return converted
 
 

@@ -239,7 +239,6 @@ def _drop_fake_quant(data: bytes) -> bytes:
     where they would only round the values; their readers read the float tensor instead."""
     import flatbuffers
 
-
     fb = schema()
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
     graph = model.subgraphs[0]
@@ -284,7 +283,6 @@ def _dynamic_range(model: bytes, images_nhwc: np.ndarray, wanted: set[str],
     nodes in `wanted` stored as per-channel symmetric int8 (LiteRT runs those ops as hybrid kernels:
     float activations, int8 weights), the way TFLite's dynamic-range quantizer writes them."""
     import flatbuffers
-
 
     step("matching TFLite ops with the ONNX nodes to quantize")
     chosen = _ops_to_quantize(model, images_nhwc, wanted, reference)

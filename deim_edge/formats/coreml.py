@@ -5,6 +5,7 @@ so it works on Linux and Windows too."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,13 @@ def embed(mlmodel: Any, metadata: ArtifactMetadata) -> None:
 
 
 def write_metadata(path: Path, metadata: ArtifactMetadata) -> None:
-    """Replace the record inside the CoreML model at `path` (saved again in place)."""
+    """Replace the record inside the CoreML model at `path`: saved beside it, then moved over it (coremltools
+    deletes a save's destination first, which here is its own source)."""
     ct = import_coremltools()
     mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
     embed(mlmodel, metadata)
-    mlmodel.save(str(path))
+    staged = path.with_name(f"{path.stem}.restamp{path.suffix}")
+    mlmodel.save(str(staged))
+    if path.is_dir():
+        shutil.rmtree(path)
+    staged.replace(path)

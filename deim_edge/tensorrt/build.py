@@ -10,12 +10,11 @@ from pathlib import Path
 
 from ..errors import ConfigError, CudaUnavailableError, ExportError, MissingDependencyError
 from ..fileio import atomic_path
-from ..formats.tensorrt import engine_header, read_bundle, write_engine_file
+from ..formats.tensorrt import BuildOptions, engine_header, read_bundle, write_engine_file
 from ..metadata import ArtifactMetadata
 from ..progress import step, warn
 from .cuda import DeviceInfo, open_cuda
 from .fp32 import fp32_reason
-from ..formats.tensorrt import BuildOptions
 
 INSTALL = "pip install 'deim-edge[tensorrt]' (on Jetson: TensorRT comes with JetPack)"
 MIN_VERSION = (8, 6)  # native GridSample (IGridSampleLayer) came with TensorRT 8.6

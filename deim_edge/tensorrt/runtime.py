@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from ..formats.onnx_props import read_onnx_metadata
-from ..formats.tensorrt import FORMAT, engine_metadata, read_bundle, read_engine_file, write_engine_file
+from ..formats.onnx import read_onnx_metadata
+from ..formats.tensorrt import (FORMAT, BuildOptions, engine_metadata, read_bundle, read_engine_file,
+                                write_engine_file)
 from ..metadata import OUTPUT_NAMES, ArtifactMetadata
 from .build import build_engine, check_version, import_tensorrt
 from .cuda import DeviceInfo, open_cuda
 from .fp32 import FP32_RULES_VERSION
-from ..formats.tensorrt import BuildOptions
 
 
 class TensorrtRuntime:
