@@ -120,23 +120,20 @@ class Source:
     def _load(self):
         from .export.weights import random_model
         from .metadata import COCO_CLASSES
-        from .models import load_checkpoint, read_state_dict
-        from .models.checkpoint import guess_variant
+        from .models import load_checkpoint
+        from .models.checkpoint import guess_variant, read_checkpoint
         from .synthetic import class_names
 
         if self.checkpoint is None:
             return random_model(VARIANT, num_classes=RANDOM_CLASSES), class_names(RANDOM_CLASSES)
-        import torch
-
         step(f"loading {self.checkpoint}")
-        raw = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        state = read_state_dict(raw)
-        variant = guess_variant(state)
+        state, record = read_checkpoint(self.checkpoint)
+        variant = record.variant or guess_variant(state)
         if variant is None:
             raise ConfigError(f"cannot tell which DEIMv2 variant {self.checkpoint} holds")
-        model = load_checkpoint(state, variant)
+        model = load_checkpoint(state, variant, input_size=record.input_size)
         classes = model.decoder.num_classes
-        names = raw.get("class_names") if isinstance(raw, dict) else None
+        names = record.class_names
         if names is None:
             names = COCO_CLASSES if classes == len(COCO_CLASSES) else [f"class{i}" for i in range(classes)]
             warnings.warn(f"{self.checkpoint} stores no 'class_names'; using {names[0]}, ...", stacklevel=2)

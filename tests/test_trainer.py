@@ -125,3 +125,22 @@ def test_cli(data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "done: 1 epochs" in result.stdout
     assert (tmp_path / "cli" / "last.pth").is_file() and (tmp_path / "cli" / "log.txt").is_file()
+
+
+def test_a_training_checkpoint_carries_variant_size_and_names_to_export_and_predict(run, data, tmp_path):
+    """No --variant, --imgsz or --class-names: export and predict read them from best.pth."""
+    pytest.importorskip("onnxruntime")
+    from deim_edge import Detector
+    from deim_edge.export.__main__ import main as export_main
+    from deim_edge.formats import read_metadata
+
+    out, _ = run
+    names = tuple(torch.load(out / "best.pth", map_location="cpu", weights_only=True)["class_names"])
+    assert export_main(["--checkpoint", str(out / "best.pth"), "--target", "onnx", "--out", str(tmp_path)]) == 0
+    meta = read_metadata(tmp_path / "best.onnx")
+    assert (meta.variant, meta.input_size, meta.class_names) == ("deimv2-atto", (SIZE, SIZE), names)
+    image = sorted((data / "val").iterdir())[0]
+    for model in (tmp_path / "best.onnx", out / "best.pth"):
+        det = Detector(model, conf=0.0)
+        assert det.metadata.class_names == names and det.metadata.input_size == (SIZE, SIZE)
+        assert set(det(str(image)).class_names) <= set(names)

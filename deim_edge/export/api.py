@@ -65,10 +65,10 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     if out is not None and Path(out).suffix.lower() != tgt.suffix and not Path(out).is_dir():
         raise ConfigError(f"the output {out} must end with {tgt.suffix} (runtimes are chosen by file suffix)")
     with reporting(progress):
-        model, source = _load(checkpoint_or_model, variant, imgsz)
+        model, source, stored_names = _load(checkpoint_or_model, variant, imgsz)
         v = model.variant
         num_classes = model.decoder.num_classes
-        names = _class_names(class_names, num_classes)
+        names = _class_names(class_names if class_names is not None else stored_names, num_classes)
         # TOPK keeps max_det, or every query-class pair when there are fewer
         k = min(int(max_det), v.decoder.num_queries * num_classes) if layout == TOPK else int(max_det)
         metadata = ArtifactMetadata.for_variant(v, input_size=model.input_size, class_names=names, output=layout,
@@ -207,12 +207,14 @@ def _batch(batch: int, dynamic: bool) -> int | None:
 
 
 def _load(source: Any, variant: str | Variant | None,
-          imgsz: int | Sequence[int] | None) -> tuple[nn.Module, Path | None]:
-    """A deployed copy of the model to export, and the checkpoint path it came from (if any)."""
+          imgsz: int | Sequence[int] | None) -> tuple[nn.Module, Path | None, tuple[str, ...] | None]:
+    """A deployed copy of the model to export, the checkpoint path it came from (if any), and the class names
+    the checkpoint stores (deim-edge training checkpoints: with their variant and input size, used when not
+    given)."""
     from torch import nn
 
-    from ..models import load_checkpoint, read_state_dict
-    from ..models.checkpoint import guess_variant
+    from ..models import load_checkpoint
+    from ..models.checkpoint import guess_variant, read_checkpoint
     from ..models.deimv2 import DEIMv2, check_input_size
     from .weights import random_model
 
@@ -227,7 +229,7 @@ def _load(source: Any, variant: str | Variant | None,
         if size is not None and size != model.input_size:
             model.set_input_size(size)
         step("deploying (eval, fused convs)")
-        return model.deploy(), None
+        return model.deploy(), None, None
 
     if source is None:
         if variant is None:
@@ -238,19 +240,20 @@ def _load(source: Any, variant: str | Variant | None,
         warn(f"no checkpoint given: exporting {v.name} with RANDOM weights; its detections mean nothing "
              f"(pass --checkpoint for a trained model)")
         step(f"building {v.name} at {size[0]}x{size[1]} (random weights)")
-        model = random_model(v, input_size=size)
+        model, record = random_model(v, input_size=size), None
     else:
         step(f"reading {source}")
-        state = read_state_dict(source)
-        v = get_variant(variant) if variant is not None else guess_variant(state)
+        state, record = read_checkpoint(source)
+        v = get_variant(variant or record.variant) if variant or record.variant else guess_variant(state)
         if v is None:
             raise ConfigError(f"cannot tell which DEIMv2 variant {source} holds; pass --variant")
-        size = size or (v.input_size, v.input_size)
+        size = size or record.input_size or (v.input_size, v.input_size)
         check_input_size(v, *size)
         step(f"building {v.name} at {size[0]}x{size[1]} with the checkpoint's weights")
         model = load_checkpoint(state, v, input_size=size)
     step("deploying (eval, fused convs)")
-    return model.deploy(), (Path(source) if isinstance(source, (str, os.PathLike)) else None)
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    return model.deploy(), path, (record.class_names if record is not None else None)
 
 
 def _class_names(names: str | os.PathLike | Sequence[str] | None, num_classes: int) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,12 +24,29 @@ SCORE_HEAD = "decoder.enc_score_head.weight"  # [num_classes, hidden]
 MAX_LISTED = 8
 
 
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What a deim-edge training checkpoint says about its model beside the weights (None: not recorded, as in
+    the official checkpoints)."""
+
+    variant: str | None = None
+    class_names: tuple[str, ...] | None = None
+    input_size: tuple[int, int] | None = None
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any], trusted: bool = False) -> dict[str, Tensor]:
     """The model weights in a checkpoint file or dict; the EMA weights when present.
 
     Accepts an official training checkpoint, a bare state dict, or their path. Files are read
     with torch's weights-only unpickler unless `trusted=True`.
     """
+    return read_checkpoint(source, trusted)[0]
+
+
+def read_checkpoint(source: str | os.PathLike | Mapping[str, Any],
+                    trusted: bool = False) -> tuple[dict[str, Tensor], CheckpointRecord]:
+    """The model weights (see read_state_dict) and the record a deim-edge training checkpoint keeps beside them:
+    its variant, class names and input size, so export, predict and bench need none of them given again."""
     obj = _load_file(source, trusted) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"a checkpoint must hold a dict, got {type(obj).__name__}")
@@ -45,7 +63,17 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], trusted: bool
     if not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError("the checkpoint holds no state dict of tensors (expected keys 'model' or "
                               "'ema.module', or a plain state dict)")
-    return state
+    return state, _record(obj)
+
+
+def _record(obj: Mapping[str, Any]) -> CheckpointRecord:
+    """The checkpoint's own record; fields of the wrong type are left out (None), never guessed."""
+    variant, names, size = obj.get("variant"), obj.get("class_names"), obj.get("input_size")
+    names_ok = isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)
+    size_ok = (isinstance(size, (list, tuple)) and len(size) == 2
+               and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size))
+    return CheckpointRecord(variant if isinstance(variant, str) else None, tuple(names) if names_ok else None,
+                            tuple(size) if size_ok else None)
 
 
 def _strip_wrappers(key: str) -> str:

@@ -13,8 +13,8 @@ from ..metadata import COCO_CLASSES, RAW, ArtifactMetadata
 class TorchRuntime:
     """A DEIMv2 checkpoint (official or deim-edge format) as a deployed PyTorch model.
 
-    variant: guessed from the checkpoint when omitted; input_size: defaults to the variant's;
-    device: "cpu", "cuda", ...; class_names: default COCO for 80 classes, else "class0", ...
+    variant, input_size, class_names: what a deim-edge training checkpoint records, else the variant guessed from
+    the weights, its input size, and COCO's names for 80 classes ("class0", ... otherwise); device: "cpu", ...
     """
 
     name = "torch"
@@ -26,10 +26,13 @@ class TorchRuntime:
         except ImportError as e:
             raise MissingDependencyError("running a .pth checkpoint needs PyTorch: pip install 'deim-edge[torch]'; "
                                          "or export it: python -m deim_edge.export --checkpoint ...") from e
-        from ..models.checkpoint import guess_variant, load_checkpoint, read_state_dict
+        from ..models.checkpoint import guess_variant, load_checkpoint, read_checkpoint
 
         self._torch = torch
-        state = read_state_dict(path)
+        state, record = read_checkpoint(path)
+        variant = variant or record.variant
+        input_size = input_size or record.input_size
+        class_names = class_names or record.class_names
         if variant is None:
             guessed = guess_variant(state)
             if guessed is None:
