@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .. import __version__
 from ..errors import ModelFileError
+from ..fileio import atomic_path
 from ..metadata import METADATA_KEY, ArtifactMetadata
 
 if TYPE_CHECKING:
@@ -42,12 +43,13 @@ def read_metadata(path: Path) -> ArtifactMetadata:
 
 
 def write_metadata(path: Path, metadata: ArtifactMetadata) -> None:
-    """Replace the record inside the ONNX file at `path`."""
+    """Replace the record inside the ONNX file at `path` (written beside it, then renamed over it)."""
     import onnx
 
     proto = onnx.load(str(path))
     embed(proto, metadata)
-    onnx.save(proto, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def read_onnx_metadata(data: bytes) -> ArtifactMetadata | None:

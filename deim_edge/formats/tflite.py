@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from ..errors import ModelFileError
+from ..fileio import atomic_path
 from ..metadata import METADATA_KEY, ArtifactMetadata
 
 FILE_IDENTIFIER = b"TFL3"
@@ -162,8 +163,10 @@ def embed(data: bytes, metadata: ArtifactMetadata, renames: dict[int, str] | Non
 
 
 def write_metadata(path: Path, metadata: ArtifactMetadata) -> None:
-    """Replace the record inside the .tflite file at `path`."""
-    path.write_bytes(embed(path.read_bytes(), metadata))
+    """Replace the record inside the .tflite file at `path` (written beside it, then renamed over it)."""
+    data = embed(path.read_bytes(), metadata)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _text(value: str | bytes | None) -> str:
