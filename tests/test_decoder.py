@@ -316,3 +316,26 @@ def test_fdr_round_trip() -> None:
     far = box_cxcywh_to_xyxy(points.clone()) + torch.tensor([-10.0, -10.0, 10.0, 10.0])
     index, weight_right, _ = bbox2distance(points, far, reg_max, reg_scale, up)
     assert torch.allclose(index, torch.full_like(index, reg_max - 0.1)) and (weight_right == 1).all()
+
+
+def test_deformable_attention_samples_where_the_reference_formula_says() -> None:
+    """The broadcast-friendly grid arithmetic equals 2 * (center + offset * size * scale / points) - 1."""
+    from deim_edge.models.decoder_layers import MSDeformableAttention
+
+    torch.manual_seed(0)
+    attn = MSDeformableAttention(32, 4, [3, 2]).eval()
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)
+    torch.nn.init.normal_(attn.attention_weights.weight, std=0.5)
+    query, boxes = torch.randn(2, 5, 32), torch.rand(2, 5, 1, 4)
+    value = [torch.randn(8, 8, 6, 6), torch.randn(8, 8, 3, 3)]
+    offsets = attn.sampling_offsets(query).reshape(2, 5, 4, 5, 2)
+    weights = attn.attention_weights(query).reshape(2, 5, 4, 5).softmax(-1)
+    scale = torch.tensor([1 / 3] * 3 + [1 / 2] * 2).unsqueeze(-1)
+    locations = boxes[:, :, None, :, :2] + offsets * scale * boxes[:, :, None, :, 2:] * attn.offset_scale
+    grids = (2 * locations - 1).permute(0, 2, 1, 3, 4).flatten(0, 1)
+    samples = [torch.nn.functional.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+               for v, g in zip(value, grids.split([3, 2], dim=-2))]
+    expected = (torch.cat(samples, -1) * weights.permute(0, 2, 1, 3).reshape(8, 1, 5, 5)).sum(-1)
+    expected = expected.reshape(2, 32, 5).permute(0, 2, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(query, boxes, value), expected, rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ from ..calibration.hooks import Int8Hooks
 from ..errors import ExportError
 from ..formats.onnx import embed
 from ..metadata import ArtifactMetadata
+from .fold import fold_affine_scales
 from .graph import wrap
 from ..progress import step, warn
 
@@ -63,6 +64,9 @@ def build_onnx(model: nn.Module, metadata: ArtifactMetadata, opset: int = 17, si
     proto = _trace(module, images, opset, dynamic=metadata.batch is None)
     if simplify:
         proto = _simplify(proto)
+    folded = fold_affine_scales(proto)
+    if folded:
+        step(f"folded {folded} affine scales into their convolutions")
     embed(proto, metadata)
     step("checking")
     try:

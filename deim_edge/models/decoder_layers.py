@@ -113,10 +113,15 @@ class MSDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).reshape(bs, num_q, self.num_heads, total, 2)
         weights = self.attention_weights(query).reshape(bs, num_q, self.num_heads, total).softmax(-1)
 
-        points_scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1)  # [P, 1]
-        offsets = offsets * points_scale * ref_boxes[:, :, None, :, 2:] * self.offset_scale
-        locations = ref_boxes[:, :, None, :, :2] + offsets  # [B, Q, heads, P, 2]
-        grids = (2 * locations - 1).permute(0, 2, 1, 3, 4).flatten(0, 1)  # [B*heads, Q, P, 2]
+        # grid = 2 * (center + offset * points_scale * size * offset_scale) - 1, arranged so that the two
+        # operations on the [B, heads, Q, P, 2] offsets broadcast over the heads only (the outermost dim):
+        # runtimes run middle-dim broadcasts as slow generic loops (ONNX Runtime: 57 us each in Atto)
+        offsets = offsets.permute(0, 2, 1, 3, 4)  # [B, heads, Q, P, 2]
+        points_scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1) * (2 * self.offset_scale)
+        boxes = ref_boxes.unsqueeze(1)  # [B, 1, Q, 1, 4]
+        step = boxes[..., 2:] * points_scale  # [B, 1, Q, P, 2]
+        origin = (2 * boxes[..., :2] - 1).expand(step.shape)  # [B, 1, Q, P, 2]
+        grids = (offsets * step + origin).flatten(0, 1)  # [B*heads, Q, P, 2]
 
         head_dim = value[0].shape[1]
         samples = []

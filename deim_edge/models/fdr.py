@@ -29,7 +29,10 @@ def integral(corners: Tensor, project: Tensor) -> Tensor:
     """Expected edge offsets of per-edge bin logits: [..., 4 * (reg_max + 1)] -> [..., 4], in corners' dtype."""
     num_bins = project.shape[0]
     prob = F.softmax(corners.reshape(*corners.shape[:-1], 4, num_bins), dim=-1)
-    return F.linear(prob, project.to(dtype=prob.dtype, device=prob.device))
+    # a matrix product with a [bins, 1] column: ONNX Runtime runs F.linear's 1-D MatMul as one small product per
+    # row (94 us for Atto's 100 queries at 1 thread) and this as one GEMM (10 us)
+    column = project.to(dtype=prob.dtype, device=prob.device).unsqueeze(-1)
+    return (prob @ column).squeeze(-1)
 
 
 def distance2bbox(points: Tensor, distance: Tensor, reg_scale: Tensor | float) -> Tensor:
