@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deim_edge.models.checkpoint import SCORE_HEAD
+
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_OPSET = 17
 OFFICIAL_TRACE_BATCH = 32  # the public script traces a batch of 32 with a dynamic N axis
@@ -44,17 +46,19 @@ def export_official(deimv2: Path, variant: str, size: int, checkpoint: Path, out
     sys.path.insert(0, str(ROOT / "tools"))
     from deimv2_reference import build_reference
 
-    model = build_reference(deimv2, variant, size)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["ema"]["module"] if "ema" in ckpt else ckpt["model"]
+    num_classes = state[SCORE_HEAD].shape[0]
+    model = build_reference(deimv2, variant, size, num_classes)
     from engine.deim.postprocessor import PostProcessor  # importable once build_reference set the path
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["ema"]["module"] if "ema" in ckpt else ckpt["model"])
+    model.load_state_dict(state)
 
     class Model(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model.deploy()
-            self.postprocessor = PostProcessor(num_classes=80, use_focal_loss=True,
+            self.postprocessor = PostProcessor(num_classes=num_classes, use_focal_loss=True,
                                                num_top_queries=OFFICIAL_TOP_QUERIES).deploy()
 
         def forward(self, images, orig_target_sizes):

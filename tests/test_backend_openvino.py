@@ -104,6 +104,7 @@ def test_raw_outputs_equal_onnx_runtime(raw):
 
     ours = OpenVinoRuntime(raw["xml"], threads=1)
     assert ours.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"  # fp32 default on CPU
+    assert ours.float_precision == "f32"
     ref = onnx_runtime(raw["onnx"])
     rng = np.random.default_rng(0)
     inputs = photo_batches(Detector(raw["onnx"])) + [rng.uniform(0, 1, (1, 3, SIZE, SIZE)).astype(np.float32)]
@@ -119,7 +120,11 @@ def test_fp16_keeps_the_top_detections(raw, fp16):
     from deim_edge.compare import output_agreement
     from deim_edge.runtimes.openvino import OpenVinoRuntime
 
-    ours = OpenVinoRuntime(fp16, threads=1)  # the device's own precision
+    import openvino as ov
+
+    ours = OpenVinoRuntime(fp16, threads=1)  # the CPU's fastest float precision, OpenVINO's default
+    assert ours.float_precision == ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    assert OpenVinoRuntime(fp16, threads=1, precision="f32").float_precision == "f32"
     ref = onnx_runtime(raw["onnx"])
     for images in photo_batches(Detector(raw["onnx"])):
         got = ours.run(images)

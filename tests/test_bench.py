@@ -255,3 +255,71 @@ def test_clock_monitor_flags_throttling(tmp_path):
     hot = monitor.summary()
     assert hot["throttled"] and "CPU thermal throttling (4 throttle events)" in hot["reasons"]
     assert any("CPU frequency cap lowered from 2400 to 1500" in r for r in hot["reasons"])
+
+
+def _row(name: str, runtime: str, precision: str, p50: float, drop: float | None = None, threads: int = 1) -> dict:
+    extra = {} if drop is None else {"accuracy": {"drop": drop, "metric": "AP"}}
+    samples = [p50 * f for f in (0.9, 1.0, 1.1)]
+    return {"name": name, "artifact": f"/nowhere/{name}", "runtime": runtime, "status": "ok", "threads": threads,
+            "batch": 1, "metadata": {"precision": precision, "extra": extra},
+            "latency_ms": {"end_to_end": {"p50": p50}}, "samples_ms": {"end_to_end": samples}}
+
+
+def test_pick_names_the_fastest_within_the_drop_and_its_speedup_over_fp32_onnx() -> None:
+    from deim_edge.bench.pick import format_picks, pick
+
+    report = {"rows": [_row("official.onnx", "onnxruntime", "fp32", 12.0),
+                       _row("a-int8.onnx", "onnxruntime", "int8", 8.0, drop=0.3),
+                       _row("a-int8.xml", "openvino", "int8", 5.0, drop=0.8),  # faster, but loses too much
+                       _row("a-fp16.xml", "openvino", "fp16", 4.0),  # fastest, accuracy never measured
+                       _row("a.xml", "openvino", "fp32", 10.0)]}
+    (chosen,) = pick(report, 0.5)
+    assert (chosen["pick"], chosen["baseline"], chosen["speedup"]) == ("a-int8.onnx", "official.onnx", 1.5)
+    assert any("a-int8.xml: drop 0.80 > 0.5" in r for r in chosen["left_out"])
+    assert any("a-fp16.xml: no recorded accuracy" in r for r in chosen["left_out"])
+    assert pick(report, 1.0)[0]["pick"] == "a-int8.xml"
+    assert pick(report, 0.5, baseline="a.xml")[0]["speedup"] == 1.25
+    text = format_picks(pick(report, 0.5), 0.5)
+    assert "a-int8.onnx on onnxruntime" in text and "1.50x faster than official.onnx" in text
+    (nothing,) = pick({"rows": [_row("a-int8.xml", "openvino", "int8", 5.0, drop=0.8)]}, 0.5)
+    assert nothing["pick"] is None
+
+
+def test_pick_reads_the_accuracy_report_beside_the_artifact(tmp_path) -> None:
+    from deim_edge.bench.pick import recorded_accuracy
+
+    row = _row("m-int8.onnx", "onnxruntime", "int8", 8.0)
+    row["artifact"] = str(tmp_path / "m-int8.onnx")
+    assert recorded_accuracy(row) is None
+    (tmp_path / "m-int8.onnx.accuracy.json").write_text(json.dumps({"accuracy": {"drop": 0.25, "metric": "AP"}}))
+    assert recorded_accuracy(row)["drop"] == 0.25
+
+
+@pytest.mark.parametrize("args, message", [(["--max-drop", "nan"], "--max-drop must be a number"),
+                                           (["--max-drop", "-1"], "--max-drop must be a number"),
+                                           (["--baseline", "other.onnx"], "not one of the artifacts")])
+def test_pick_settings_are_checked_before_any_timing(artifacts, capsys, args, message) -> None:
+    from deim_edge.bench.__main__ import main
+
+    assert main([str(artifacts["onnx"]), "--pick", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pick_on_the_command_line(artifacts, tmp_path) -> None:
+    from deim_edge.bench.__main__ import main
+
+    paths = [str(artifacts["onnx"])] + ([str(artifacts["openvino"])] if "openvino" in artifacts else [])
+    assert main(paths + ["--pick", "--runs", "5", "--warmup", "1", "--threads", "1", "--no-plot", "--quiet",
+                         "--out", str(tmp_path)]) == 0
+    (chosen,) = json.loads((tmp_path / "bench.json").read_text())["picks"]
+    assert chosen["pick"] in {Path(p).name for p in paths} and chosen["baseline"] == artifacts["onnx"].name
+    assert chosen["speedup"] > 0 and chosen["accuracy"]["drop"] == 0.0  # FP32: checked against PyTorch at export
+
+
+def test_precision_column_says_where_the_float_ops_ran_otherwise() -> None:
+    from deim_edge.bench.report import precision_label
+
+    assert precision_label({"metadata": {"precision": "fp16"}, "float_precision": "bf16"}) == "fp16 (bf16)"
+    assert precision_label({"metadata": {"precision": "int8"}, "float_precision": "bf16"}) == "int8 (bf16)"
+    assert precision_label({"metadata": {"precision": "int8"}, "float_precision": "f32"}) == "int8"
+    assert precision_label({"metadata": {"precision": "fp32"}, "float_precision": None}) == "fp32"

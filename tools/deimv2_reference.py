@@ -86,9 +86,14 @@ def _stub_module(name: str) -> _StubModule:
     return module
 
 
+# what the public code imports but never needs to build a model: torchvision (box ops are given real stand-ins
+# below), calflops, and tensorboard's SummaryWriter (imported by its config module)
+STUBBED = ("torchvision", "calflops", "torch.utils.tensorboard")
+
+
 class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path, target=None):
-        if name in ("torchvision", "calflops") or name.startswith("torchvision."):
+        if name in STUBBED or name.startswith("torchvision."):
             return importlib.machinery.ModuleSpec(name, self, is_package=True)
         return None
 
@@ -100,7 +105,7 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install_stand_ins() -> None:
-    """Make `import torchvision` (and calflops) resolve to stand-ins with real box ops."""
+    """Make `import torchvision` (and the other STUBBED modules) resolve to stand-ins, with real box ops."""
     if any(isinstance(f, _StubFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _StubFinder())
@@ -116,9 +121,10 @@ def install_stand_ins() -> None:
     importlib.metadata.version = lambda n: "0.16.0" if n == "torchvision" else real_version(n)
 
 
-def build_reference(checkout: str | Path, variant: str, input_size: int | None = None):
-    """The public code's model for `variant`, with random init. One variant per process: the
-    public config system keeps state between builds."""
+def build_reference(checkout: str | Path, variant: str, input_size: int | None = None,
+                    num_classes: int | None = None):
+    """The public code's model for `variant` (with `num_classes` classes, default the config's 80), with random
+    init. One variant per process: the public config system keeps state between builds."""
     checkout = Path(checkout).resolve()
     install_stand_ins()
     if str(checkout) not in sys.path:
@@ -128,6 +134,8 @@ def build_reference(checkout: str | Path, variant: str, input_size: int | None =
     overrides: dict = {"HGNetv2": {"pretrained": False}, "DINOv3STAs": {"weights_path": None}}
     if input_size:
         overrides["eval_spatial_size"] = [input_size, input_size]
+    if num_classes:
+        overrides["num_classes"] = num_classes
     devnull = open(os.devnull, "w")
     stdout, sys.stdout = sys.stdout, devnull  # the public code prints while building
     try:

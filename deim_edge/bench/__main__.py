@@ -10,6 +10,7 @@ from pathlib import Path
 from ..accuracy import ValSet
 from ..errors import ConfigError, DeimEdgeError, MissingDependencyError
 from .harness import benchmark
+from .pick import check_max_drop, format_picks, pick
 from .report import format_table, load_report, merge_reports, write_report
 
 EPILOG = """examples:
@@ -17,8 +18,11 @@ EPILOG = """examples:
   python -m deim_edge.bench model.onnx model.onnx@openvino yolo11n.onnx --threads 1 4 --batch 1 8
   python -m deim_edge.bench model.onnx --val-data coco/ --val-max 500
   python -m deim_edge.bench compare runs/bench/orin.json runs/bench/laptop.json
+  python -m deim_edge.bench official.onnx atto.onnx atto-int8.onnx atto-int8.xml atto-int8.tflite --threads 1 \
+      --pick --max-drop 0.5     # the fastest within 0.5 AP of FP32, and its speed-up over official.onnx
 
-exit status: 0 when every artifact was measured, 1 when one failed (its row says why), 2 on bad input."""
+exit status: 0 when every artifact was measured, 1 when one failed (its row says why) or --pick found none
+within --max-drop, 2 on bad input."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="bench", help="file name stem of the outputs (default bench)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    choose = p.add_argument_group("choosing an artifact")
+    choose.add_argument("--pick", action="store_true",
+                        help="name the fastest artifact whose recorded accuracy (its export's gate) is within "
+                             "--max-drop, and its speed-up over an FP32 ONNX in ONNX Runtime")
+    choose.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                        help="with --pick: AP points (or agreement points) below FP32 allowed (default 0.5)")
+    choose.add_argument("--baseline", metavar="ARTIFACT",
+                        help="with --pick: the artifact to compare with (default: the first FP32 .onnx run by "
+                             "ONNX Runtime, e.g. the official export)")
     return p
 
 
@@ -74,15 +87,24 @@ def _threads(values: list[str]) -> list[int | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pick:
+        check_max_drop(args.max_drop)  # before any timing
+        if args.baseline and args.baseline not in args.artifacts:
+            raise ConfigError(f"--baseline {args.baseline} is not one of the artifacts to benchmark")
     val = None
     if args.val_data or args.val_json or args.val_images:
         val = ValSet.find(args.val_data, args.val_json, args.val_images, args.val_max)
     report = benchmark(args.artifacts, args.images, warmup=args.warmup, runs=args.runs, duration=args.duration,
                        batches=args.batch, threads=_threads(args.threads), conf=args.conf, imgsz=args.imgsz, val=val,
                        progress=not args.quiet)
+    if args.pick:
+        report["picks"] = pick(report, args.max_drop, args.baseline)
     print(format_table(report))
+    if args.pick:
+        print(format_picks(report["picks"], args.max_drop))
     _write(report, args)
-    return 1 if any(r["status"] == "failed" for r in report["rows"]) else 0
+    failed = any(r["status"] == "failed" for r in report["rows"])
+    return 1 if failed or (args.pick and any(p["pick"] is None for p in report["picks"])) else 0
 
 
 def compare(args: argparse.Namespace) -> int:

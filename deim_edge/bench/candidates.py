@@ -79,6 +79,8 @@ class DetectorCandidate:
         options = thread_option(runtime_for(spec.path, spec.backend), threads, self.notes)
         self.detector = Detector(spec.path, backend=spec.backend, conf=conf, **options)
         self.runtime = self.detector.runtime.name
+        # what the runtime runs float ops in, where it says (OpenVINO: bf16 for fp16 and int8 IRs on bf16 CPUs)
+        self.float_precision = getattr(self.detector.runtime, "float_precision", None)
         self.fixed_batch = self.detector.metadata.batch
         self.images = images
 

@@ -16,7 +16,10 @@ from typing import Any
 # distribution names whose versions a report records when they are installed (runtimes first)
 PACKAGES = ("deim-edge", "numpy", "opencv-python", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu",
             "openvino", "ai-edge-litert", "tflite-runtime", "tensorflow", "coremltools", "tensorrt", "cuda-python")
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimddp", "sve", "i8mm")
+# what decides low-precision speed: int8 dot products (VNNI, AVX-VNNI, AMX-INT8, NEON dotprod, i8mm) and
+# half-precision arithmetic (AVX512-BF16, AVX512-FP16, AMX-BF16/FP16, NEON fp16 "asimdhp", SVE, bf16)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+             "amx_bf16", "amx_fp16", "asimd", "asimdhp", "asimddp", "sve", "i8mm", "bf16")
 COMMAND_TIMEOUT_S = 5.0
 
 

@@ -139,13 +139,15 @@ def _blank_record(spec: ArtifactSpec, threads: int | None, batch: int) -> dict[s
             "batch": batch, "threads": threads, "status": "ok", "error": None, "notes": [],
             "size_mb": _round(artifact_size_mb(spec.path), 2), "load_s": None, "first_call_ms": None, "warmup": 0,
             "runs": 0, "rss_added_mb": None, "peak_rss_mb": None, "latency_ms": {}, "fps": None, "ratio": None,
-            "ratio_basis": None, "ratio_to": None, "ap": None, "throttled": None, "metadata": None, "samples_ms": {}}
+            "ratio_basis": None, "ratio_to": None, "ap": None, "throttled": None, "metadata": None, "samples_ms": {},
+            "float_precision": None}
 
 
 def _warm_up(row: Row, candidate: Candidate, warmup: int, load_s: float) -> None:
     record = row.record
     record.update(runtime=candidate.runtime, kind=candidate.kind, load_s=round(load_s, 3),
-                  metadata=candidate.describe(), notes=list(candidate.notes))
+                  metadata=candidate.describe(), notes=list(candidate.notes),
+                  float_precision=getattr(candidate, "float_precision", None))
     if candidate.fixed_batch is not None and candidate.fixed_batch != record["batch"]:
         record.update(status="skipped", error=f"skipped: the artifact takes batch {candidate.fixed_batch} only "
                                               f"(export it with --dynamic-batch, or --batch {record['batch']})")

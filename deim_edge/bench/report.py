@@ -88,13 +88,24 @@ def _number(key: str, fmt: str) -> Callable[[dict], str]:
     return lambda row: "-" if row.get(key) is None else format(row[key], fmt)
 
 
+NATIVE_FLOAT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}  # the float ops' precision an artifact implies
+
+
+def precision_label(row: dict) -> str:
+    """The artifact's precision, and in brackets the float ops' where the runtime ran them otherwise
+    (an fp16 IR in bf16: "fp16 (bf16)"; an int8 IR whose float layers ran in bf16: "int8 (bf16)")."""
+    precision = (row.get("metadata") or {}).get("precision", "-")
+    ran = row.get("float_precision")
+    return f"{precision} ({ran})" if ran and ran != NATIVE_FLOAT.get(precision, ran) else precision
+
+
 def _ap(row: dict) -> str:
     return "-" if not row.get("ap") else f"{100 * row['ap']['AP']:.1f}"
 
 
 COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("runtime", lambda r: r.get("runtime") or "-"),
-    ("precision", lambda r: (r.get("metadata") or {}).get("precision", "-")),
+    ("precision", lambda r: precision_label(r)),
     ("batch", lambda r: str(r["batch"])),
     ("threads", lambda r: str(r["threads"] or "auto")),
     ("p50 ms", _latency("p50")), ("p90", _latency("p90")), ("p99", _latency("p99")),

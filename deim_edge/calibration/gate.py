@@ -72,6 +72,9 @@ def measure(candidate: Detector, reference: Detector, data: GateData,
     ref_dets = cached.get("_detections") or _detect(reference, images, "FP32 reference", progress)
     got = _detect(candidate, images, "artifact", progress)
     figures = {"images": len(images), "data": data.description, **detection_agreement(ref_dets, got)}
+    float_precision = getattr(candidate.runtime, "float_precision", None)  # e.g. OpenVINO's bf16 on this CPU
+    if float_precision is not None:
+        figures["float_precision"] = float_precision
     if val is not None:
         gt, image_ids = val
         ref_ap = cached.get("AP") or _ap(gt, image_ids, ref_dets, reference.names)
@@ -104,8 +107,14 @@ def summary(figures: dict) -> str:
                  f"mean IoU {figures['mean_iou']}, score error {figures['score_error']}")
     if figures["metric"] == "AP":
         return (f"AP {figures['AP']:.4f} vs FP32 {figures['reference_AP']:.4f} (drop {figures['drop']:.2f} AP "
-                f"points) on {figures['images']} images; {agreement}")
-    return f"drop {figures['drop']:.2f} points of agreement on {figures['images']} images: {agreement}"
+                f"points) on {figures['images']} images; {agreement}{_float_ops(figures)}")
+    return (f"drop {figures['drop']:.2f} points of agreement on {figures['images']} images: {agreement}"
+            f"{_float_ops(figures)}")
+
+
+def _float_ops(figures: dict) -> str:
+    precision = figures.get("float_precision")
+    return f"; float ops in {precision}" if precision not in (None, "f32") else ""
 
 
 def public(figures: dict) -> dict:
