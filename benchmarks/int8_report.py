@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 
 from deim_edge.bench.harness import benchmark
+from deim_edge.bench.pick import format_picks, pick
+from deim_edge.bench.report import format_table
 from deim_edge.errors import DeimEdgeError
 from deim_edge.export import export
 from deim_edge.fileio import atomic_path
@@ -47,7 +49,7 @@ def accuracy(args, calib: str, val: str, out: Path) -> list[dict]:
             try:
                 written = export(args.checkpoint, target, out=path, imgsz=args.imgsz, class_names=args.class_names,
                                  calib_data=calib, calib_size=args.calib_size, val_data=val, recipe=recipe,
-                                 progress=True)
+                                 max_drop=args.max_drop if recipe == "detr" else None, progress=True)
             except DeimEdgeError as e:  # e.g. a naive INT8 model that does not even run
                 rows.append({"target": target, "recipe": recipe, "error": str(e)})
                 print(json.dumps(rows[-1]), flush=True)
@@ -64,9 +66,10 @@ def accuracy(args, calib: str, val: str, out: Path) -> list[dict]:
     return rows
 
 
-def speed(args, out: Path, rows: list[dict]) -> dict:
-    """FP32 and recipe INT8 artifacts of each timed pair, interleaved in one run, 1 thread."""
-    artifacts = []
+def speed(args, out: Path, rows: list[dict], val: str | None) -> dict:
+    """FP32 and recipe INT8 artifacts of each timed pair, interleaved in one run, 1 thread, with the official
+    export (--official) and an openvino-fp16 IR (bf16 where the CPU has it) beside them; then --pick's choice."""
+    pairs: list[tuple[str, str]] = []  # (FP32 artifact, INT8 artifact) of one backend
     for target, fp32 in FP32_OF.items():
         int8 = next((r["artifact"] for r in rows if r["target"] == target and r["recipe"] == "detr" and "artifact" in r),
                     None)
@@ -75,18 +78,26 @@ def speed(args, out: Path, rows: list[dict]) -> dict:
         path = out / "artifacts" / f"fp32-{fp32}{_suffix(fp32)}"
         if not path.exists():
             export(args.checkpoint, fp32, out=path, imgsz=args.imgsz, class_names=args.class_names, progress=True)
-        artifacts += [str(path), int8]
+        pairs.append((str(path), int8))
+    half = out / "artifacts" / "fp16-openvino.xml"
+    if not half.exists():  # its accuracy measured by the gate when held-out data is given
+        export(args.checkpoint, "openvino-fp16", out=half, imgsz=args.imgsz, class_names=args.class_names,
+               val_data=val, progress=True)
+    artifacts = ([args.official] if args.official else []) + [p for pair in pairs for p in pair] + [str(half)]
     record = benchmark(artifacts, duration=args.duration, threads=(1,), progress=True)
     by_path = {r["artifact"] if "artifact" in r else r["name"]: r for r in record["rows"]}
-    pairs = {}
-    for fp32, int8 in zip(artifacts[::2], artifacts[1::2]):
+    speedups = {}
+    for fp32, int8 in pairs:
         a, b = _row(by_path, fp32), _row(by_path, int8)
-        pairs[Path(int8).name] = {
+        speedups[Path(int8).name] = {
             stage: round(a["latency_ms"][stage]["p50"] / b["latency_ms"][stage]["p50"], 3)
             for stage in ("inference", "end_to_end") if stage in a["latency_ms"] and stage in b["latency_ms"]}
-        pairs[Path(int8).name].update({"fp32_p50_ms": a["latency_ms"]["inference"]["p50"],
-                                       "int8_p50_ms": b["latency_ms"]["inference"]["p50"]})
-    return {"speedup_fp32_over_int8_p50": pairs, "rounds": record["rows"][0].get("runs"), "bench": record}
+        speedups[Path(int8).name].update({"fp32_p50_ms": a["latency_ms"]["inference"]["p50"],
+                                          "int8_p50_ms": b["latency_ms"]["inference"]["p50"]})
+    picks = pick(record, args.max_drop, baseline=args.official)
+    print(format_picks(picks, args.max_drop))
+    return {"speedup_fp32_over_int8_p50": speedups, "rounds": record["rows"][0].get("runs"), "picks": picks,
+            "table": format_table(record), "bench": record}
 
 
 def _row(by_path: dict, path: str) -> dict:
@@ -114,11 +125,19 @@ def markdown(result: dict) -> str:
                      f"{r['matched']:.1%} | {r['mean_iou']} | {r['int8_nodes']} | "
                      f"{', '.join(r['float_layers'] or []) or '-'} | {r['minutes']} |")
     if "speed" in result:
-        lines += ["", "| INT8 artifact | FP32 p50 ms | INT8 p50 ms | speedup (inference) | speedup (end to end) |",
+        cpu = result["speed"]["bench"]["device"]["cpu"]
+        lines += ["", f"Speed: 1 thread, one interleaved run on {cpu.get('model')} ({' '.join(cpu.get('isa') or [])}); "
+                  "FP32 artifacts run in f32 (OpenVINO too), INT8 and FP16 IRs' float ops in the CPU's fastest "
+                  "precision.", "",
+                  "| INT8 artifact | FP32 p50 ms | INT8 p50 ms | speedup (inference) | speedup (end to end) |",
                   "|---|---|---|---|---|"]
         for name, s in result["speed"]["speedup_fp32_over_int8_p50"].items():
             lines.append(f"| {name} | {s['fp32_p50_ms']} | {s['int8_p50_ms']} | {s.get('inference')} | "
                          f"{s.get('end_to_end')} |")
+        if result["speed"].get("table"):
+            lines += ["", "```", result["speed"]["table"], "```"]
+        if result["speed"].get("picks"):
+            lines += ["", "```", format_picks(result["speed"]["picks"], result.get("max_drop", 0.5)), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +184,10 @@ def main() -> int:
     p.add_argument("--recipes", nargs="+", default=["naive", "detr"])
     p.add_argument("--duration", type=float, default=60.0, help="seconds of interleaved timing")
     p.add_argument("--phase", choices=("all", "accuracy", "speed"), default="all")
+    p.add_argument("--max-drop", type=float, default=0.5,
+                   help="AP points the detr exports may lose (their search's budget) and --pick allows")
+    p.add_argument("--official", help="the official FP32 ONNX export of the same weights "
+                                      "(benchmarks/bench_official_onnx.py --keep DIR), timed as --pick's baseline")
     p.add_argument("--out", default="runs/int8")
     args = p.parse_args()
     out = Path(args.out)
@@ -172,17 +195,17 @@ def main() -> int:
     warnings.simplefilter("ignore")
     result_path = out / "report.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
-    result["checkpoint"] = args.checkpoint
+    result["checkpoint"], result["max_drop"] = args.checkpoint, args.max_drop
+    calib, val = args.calib_data, args.val_data
+    if calib is None or val is None:
+        synthetic = synthetic_data(out / "data", args.imgsz)
+        calib, val = calib or synthetic[0], val or synthetic[1]
     if args.phase in ("all", "accuracy"):
-        calib, val = args.calib_data, args.val_data
-        if calib is None or val is None:
-            synthetic = synthetic_data(out / "data", args.imgsz)
-            calib, val = calib or synthetic[0], val or synthetic[1]
         rows = accuracy(args, calib, val, out)
         done = {(r["target"], r["recipe"]) for r in rows}  # a rerun of some targets replaces their rows only
         result["accuracy"] = [r for r in result.get("accuracy", []) if (r["target"], r["recipe"]) not in done] + rows
     if args.phase in ("all", "speed"):
-        result["speed"] = speed(args, out, result.get("accuracy", []))
+        result["speed"] = speed(args, out, result.get("accuracy", []), val)
     with atomic_path(result_path) as tmp:
         tmp.write_text(json.dumps(result, indent=2, default=str))
     with atomic_path(out / "report.md") as tmp:

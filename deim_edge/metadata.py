@@ -10,6 +10,9 @@ from .sizes import as_hw
 from .variants import Variant, get_variant
 
 METADATA_KEY = "deim_edge"  # key of the record in an artifact's metadata (ONNX metadata_props, ...)
+# extra[HALF_FLOAT_OPS]: the export measured this INT8 artifact with its float ops in the CPU's half precision
+# ({"precision": "bf16", "drop": ...}) within its accuracy budget; runtimes that can may then run them so
+HALF_FLOAT_OPS = "half_float_ops"
 FORMAT_VERSION = 1
 
 # Output layouts an artifact can have.

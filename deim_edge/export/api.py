@@ -9,11 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..calibration.settings import DEFAULT_SIZE as DEFAULT_CALIB_SIZE, QuantizeSettings
+from ..calibration.settings import DEFAULT_BUDGET, DEFAULT_SIZE as DEFAULT_CALIB_SIZE, QuantizeSettings
 from ..errors import ConfigError, DeimEdgeError, ExportError
 from ..fileio import artifact_size_mb, atomic_path, staged_output
 from ..formats import Format, get_format
-from ..metadata import COCO_CLASSES, RAW, TOPK, ArtifactMetadata
+from ..metadata import COCO_CLASSES, HALF_FLOAT_OPS, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
 from ..progress import reporting, step, warn
 from ..sizes import as_hw
@@ -87,7 +87,11 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
                 if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
                     figures, gate = None, _float_gate(model, metadata, settings)
                 if gate is not None:  # the backend's own artifact, measured
-                    figures, metadata = _gate_artifact(written, tgt.record, *gate, progress) or (None, metadata)
+                    half_budget = None
+                    if tgt.precision == "int8":
+                        half_budget = settings.max_drop if settings.max_drop is not None else DEFAULT_BUDGET
+                    figures, metadata = (_gate_artifact(written, tgt.record, *gate, progress, half_budget)
+                                         or (None, metadata))
                 if figures is not None:
                     from ..calibration.gate import check
 
@@ -154,9 +158,12 @@ def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: Quantize
     return Detector(TorchRuntime.of(model, metadata)), data
 
 
-def _gate_artifact(path: Path, fmt: Format, reference, data, progress: bool) -> tuple[dict, ArtifactMetadata] | None:
+def _gate_artifact(path: Path, fmt: Format, reference, data, progress: bool,
+                   half_budget: float | None = None) -> tuple[dict, ArtifactMetadata] | None:
     """The gate's figures of the written artifact and its metadata with them, as stamped into it; None (with a
-    warning) where the artifact cannot run here."""
+    warning) where the artifact cannot run here. With half_budget (INT8) and a runtime that can run the float ops
+    in this machine's half precision (format.half), measured that way too: within the budget, the metadata
+    allows it (HALF_FLOAT_OPS) and the figures say how it did."""
     from ..calibration.gate import measure, public
     from ..detector import Detector
 
@@ -166,14 +173,25 @@ def _gate_artifact(path: Path, fmt: Format, reference, data, progress: bool) -> 
         warn(f"the accuracy gate cannot run {path.name} here ({e}); its accuracy is not measured")
         return None
     try:
-        figures = {**public(measure(candidate, reference, data, None, progress)), "measured": f"{path.suffix} artifact"}
+        measured = measure(candidate, reference, data, None, progress)
+        figures = {**public(measured), "measured": f"{path.suffix} artifact"}
+        half = fmt.half_options() if half_budget is not None else None
+        if half is not None:
+            step(f"measuring {path.name} again with its float ops in {half['precision']}")
+            half_figures = measure(Detector(fmt.open(path, **fmt.check_options, **half)), reference, data,
+                                   measured["_reference"], progress)
+            figures["half_float_ops"] = {"precision": half["precision"], "drop": half_figures["drop"],
+                                         "allowed": half_figures["drop"] <= half_budget}
     except DeimEdgeError:
         raise
     except Exception as e:  # noqa: BLE001 -- a runtime's own error: the artifact does not run, do not ship it
         raise ExportError(f"the written {path.name} fails on the accuracy gate's images ({type(e).__name__}: {e}); "
                           f"nothing was written") from e
     written = candidate.runtime.metadata  # as the backend wrote it (e.g. the TFLite INT8 mode it used)
-    written = written.with_(extra={**written.extra, "accuracy": figures})
+    extra = {**written.extra, "accuracy": figures}
+    if figures.get("half_float_ops", {}).get("allowed"):
+        extra[HALF_FLOAT_OPS] = {k: figures["half_float_ops"][k] for k in ("precision", "drop")}
+    written = written.with_(extra=extra)
     fmt.write_metadata(path, written)
     return figures, written
 

@@ -51,6 +51,9 @@ class Format:
     checks: Mapping[str, Check] = field(default_factory=dict)  # precision -> the export's check; others: the gate's
     check_options: Mapping[str, Any] = field(default_factory=dict)  # runtime options of checks (1 thread, f32)
     int8: str | None = None  # "module:NAME" of the export's INT8 hooks (calibration.hooks.Int8Hooks)
+    # "module:function" giving the runtime options that run float ops in this machine's half precision (None
+    # where it has none): INT8 artifacts are also measured so, and allowed it when within their budget
+    half: str | None = None
     system: str | None = None  # the only OS whose runtime runs it (platform.system())
     needs_gpu: bool = False  # an NVIDIA GPU
 
@@ -75,6 +78,13 @@ class Format:
                                    or Path("/etc/nv_tegra_release").exists()):
             return "no NVIDIA GPU here"
         return None
+
+    def half_options(self) -> dict[str, Any] | None:
+        """The runtime options for float ops in this machine's half precision, or None (see `half`)."""
+        if self.half is None:
+            return None
+        module, function = self.half.split(":")
+        return getattr(importlib.import_module(module), function)()
 
     def open(self, path: str | Path, **options: Any):
         """The runtime of this format for the artifact at `path` (runtimes.Runtime)."""
@@ -103,9 +113,9 @@ FORMATS: tuple[Format, ...] = (
     Format("openvino", (".xml",), "openvino", "deim_edge.runtimes.openvino:OpenVinoRuntime", ("openvino",),
            "openvino", metadata="deim_edge.formats.openvino", aliases=("ov",),
            # fp16 weights move scores a little; a broken file agrees on almost nothing
-           # measured in the float precision the runtime picks on this CPU (fp16 and int8 IRs: bf16 where it has it)
+           # measured in the float precision the runtime picks on this CPU (fp16 IRs: bf16 where it has it)
            checks={"fp32": FP32_EXACT, "fp16": Check(min_share=0.8)}, check_options={"threads": 1},
-           int8="deim_edge.export.openvino_int8:INT8_HOOKS"),
+           int8="deim_edge.export.openvino_int8:INT8_HOOKS", half="deim_edge.runtimes.openvino:half_precision_options"),
     Format("tflite", (".tflite",), "tflite", "deim_edge.runtimes.tflite:TfliteRuntime", (), "tflite",
            metadata="deim_edge.formats.tflite", aliases=("litert",),
            checks={"fp32": FP32_EXACT, "fp16": Check(min_share=0.8)}, check_options={"threads": 1},

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFileError
 from ..formats.openvino import import_openvino, metadata_of
-from ..metadata import OUTPUT_NAMES
+from ..metadata import HALF_FLOAT_OPS, OUTPUT_NAMES
 
 T = TypeVar("T")
 HINTS = ("latency", "throughput")
@@ -25,10 +25,11 @@ class OpenVinoRuntime:
 
     device: "CPU", "GPU", "NPU", "AUTO", ... (see openvino.Core().available_devices); hint:
     "latency" (one image at a time) or "throughput" (several requests in flight, see `stream`);
-    precision: the precision of the float ops, "f32", "f16" or "bf16". Default on a CPU: f32 for fp32
-    artifacts (detections equal the other backends'), and for fp16 and int8 artifacts the fastest the CPU
-    has, OpenVINO's own choice: bf16 with AVX512-BF16 or AMX, f16 on ARM with fp16 arithmetic, else f32
-    (`float_precision` says which ran; the export's check and accuracy gate measure the artifact the same way);
+    precision: the precision of the float ops, "f32", "f16" or "bf16". Default on a CPU: for fp16 IRs the
+    fastest the CPU has, OpenVINO's own choice (bf16 with AVX512-BF16 or AMX, f16 on ARM with fp16 arithmetic,
+    else f32); the same for int8 IRs whose export measured it within their accuracy budget (metadata
+    extra["half_float_ops"]); f32 otherwise, so fp32 detections equal the other backends'. `float_precision`
+    says which ran;
     threads: CPU inference threads; streams: parallel execution streams (default: the hint's choice).
     """
 
@@ -47,7 +48,8 @@ class OpenVinoRuntime:
         core = ov.Core()
         model = _read_model(core, path)
         self.metadata = metadata_of(model, path)
-        if self.metadata.precision == "fp32" and precision is None and device.upper() == "CPU":
+        half_measured = self.metadata.precision == "int8" and HALF_FLOAT_OPS in self.metadata.extra
+        if precision is None and device.upper() == "CPU" and self.metadata.precision != "fp16" and not half_measured:
             precision = "f32"  # a CPU with bf16 units would run an FP32 IR in bf16 (Atto @320: 0.3 AP lower)
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper()}
         if precision is not None:
@@ -133,6 +135,13 @@ def _read_model(core, path: Path):
     except RuntimeError as e:
         raise ModelFileError(f"{path} is not a loadable OpenVINO model (IR .xml + .bin, or .onnx): "
                              f"{_reason(e)}") from e
+
+
+def half_precision_options() -> dict[str, str] | None:
+    """The runtime options that run float ops in this CPU's half precision ({"precision": "bf16"} with AVX512-BF16
+    or AMX, "f16" on ARM with fp16 arithmetic: what OpenVINO picks by itself), or None where it has none."""
+    name = _precision_name(import_openvino().Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return {"precision": name} if name in ("bf16", "f16") else None
 
 
 def _precision_name(element_type) -> str | None:
