@@ -246,6 +246,20 @@ def test_tflite_int8_records_its_mode_and_accuracy(tmp_path, val_data):
     assert meta.extra["int8"]["tflite_mode"] == "mixed"
     assert meta.extra["accuracy"]["drop"] <= 3.0 and meta.extra["accuracy"]["measured"] == ".tflite artifact"
     assert meta.extra["accuracy"]["matched"] >= 0.95
+    # every int8 ADD is one XNNPACK takes (the affine shifts' constants at their output's scale)
+    from deim_edge.export.tflite_int8 import ADD, INT8, XNNPACK_ADD_SCALES
+    from deim_edge.formats.tflite import schema
+
+    model = schema().ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    graph = model.subgraphs[0]
+    adds = [op for op in graph.operators if model.operatorCodes[op.opcodeIndex].builtinCode == ADD
+            and graph.tensors[op.outputs[0]].type == INT8]
+    assert adds
+    for op in adds:
+        out_scale = graph.tensors[op.outputs[0]].quantization.scale[0]
+        for i in op.inputs:
+            ratio = graph.tensors[i].quantization.scale[0] / out_scale
+            assert XNNPACK_ADD_SCALES[0] <= ratio < XNNPACK_ADD_SCALES[1], graph.tensors[i].name
 
 
 def test_coreml_int8_has_int8_weights_outside_the_decoder(tmp_path, val_data):

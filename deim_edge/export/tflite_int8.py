@@ -38,10 +38,11 @@ from .tflite import convert_onnx, name_tensors, pad_grid_samples
 
 MODES = ("mixed", "dynamic-range")
 # builtin operator codes (tflite schema BuiltinOperator)
-CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, DEQUANTIZE, QUANTIZE = 3, 4, 9, 6, 114
+ADD, CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, DEQUANTIZE, QUANTIZE = 0, 3, 4, 9, 6, 114
 WEIGHT_OPS = (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)
 MIN_WEIGHTS = 1024  # smaller weight tensors stay float (as TFLite's own dynamic-range quantizer does)
 INT8, FLOAT32 = 9, 0  # tflite TensorType
+XNNPACK_ADD_SCALES = (2.0 ** -10, 2.0 ** 8)  # XNNPACK runs an int8 ADD whose input/output scale ratios lie here
 MATCH_RTOL, MATCH_ATOL = 1e-3, 1e-3  # TF and ONNX Runtime float results differ by ~1e-5
 INT8_HOOKS = Int8Hooks()  # the shared search on the QDQ graph; the converter quantizes the chosen layers
 
@@ -230,7 +231,7 @@ def _mixed(saved_model: Path, proto: onnx.ModelProto, images: np.ndarray, wanted
         quantized = convert.mlir_quantize(calibrated, denylisted_ops=float_kinds, denylisted_nodes=keep_float)
     except Exception as e:
         raise ExportError(f"TFLite quantization failed: {str(e).splitlines()[0] if str(e) else e!r}") from e
-    return _drop_fake_quant(quantized)
+    return _requantize_add_constants(_drop_fake_quant(quantized))
 
 
 def _drop_fake_quant(data: bytes) -> bytes:
@@ -270,6 +271,44 @@ def _drop_fake_quant(data: bytes) -> bytes:
         if len(kept) == len(graph.operators):
             break
         graph.operators = kept
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _requantize_add_constants(data: bytes) -> bytes:
+    """`data` with each int8 ADD of a one-value constant (HGNetv2's affine shift after a ReLU) quantized at the
+    ADD's output scale. The converter gives a constant its own scale (|b| / 127: 1e-7 to 1e-4 for Atto's shifts),
+    which XNNPACK refuses (input/output scale outside XNNPACK_ADD_SCALES): each such ADD ran in LiteRT's own
+    kernel and cut XNNPACK's graph in two (10 of them in Atto). At the output's scale the constant is b rounded to
+    that scale's step, the rounding the ADD's output gets anyway."""
+    import flatbuffers
+
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    graph = model.subgraphs[0]
+    changed = 0
+    for op in graph.operators:
+        c = model.operatorCodes[op.opcodeIndex]
+        if max(c.builtinCode, c.deprecatedBuiltinCode) != ADD:
+            continue
+        out = graph.tensors[op.outputs[0]]
+        for index in op.inputs:
+            t = graph.tensors[index]
+            values = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+            if (t.type != INT8 or out.type != INT8 or values is None or len(values) != 1 or t.quantization is None
+                    or out.quantization is None):
+                continue
+            scale, out_scale = float(t.quantization.scale[0]), float(out.quantization.scale[0])
+            if XNNPACK_ADD_SCALES[0] <= scale / out_scale < XNNPACK_ADD_SCALES[1]:
+                continue
+            real = scale * (int(np.asarray(values).astype(np.uint8).view(np.int8)[0]) - int(t.quantization.zeroPoint[0]))
+            t.quantization.scale, t.quantization.zeroPoint = [out_scale], [0]
+            model.buffers[t.buffer].data = np.array([np.clip(round(real / out_scale), -128, 127)], np.int8).view(np.uint8)
+            changed += 1
+    if not changed:
+        return data
+    step(f"{changed} ADD constants requantized at their output's scale (XNNPACK runs those ADDs)")
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
