@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deim_edge.models.checkpoint import SCORE_HEAD
+from deim_edge.models.checkpoint import SCORE_HEAD, SIZE_DEPENDENT
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_OPSET = 17
@@ -52,7 +52,8 @@ def export_official(deimv2: Path, variant: str, size: int, checkpoint: Path, out
     model = build_reference(deimv2, variant, size, num_classes)
     from engine.deim.postprocessor import PostProcessor  # importable once build_reference set the path
 
-    model.load_state_dict(state)
+    own = model.state_dict()  # anchors and valid mask are built for `size`; a checkpoint may be of another size
+    model.load_state_dict({k: own[k] if k in SIZE_DEPENDENT else v for k, v in state.items()})
 
     class Model(nn.Module):
         def __init__(self) -> None:

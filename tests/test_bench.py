@@ -283,6 +283,12 @@ def test_pick_names_the_fastest_within_the_drop_and_its_speedup_over_fp32_onnx()
     assert "a-int8.onnx on onnxruntime" in text and "1.50x faster than official.onnx" in text
     (nothing,) = pick({"rows": [_row("a-int8.xml", "openvino", "int8", 5.0, drop=0.8)]}, 0.5)
     assert nothing["pick"] is None
+    failed = {"rows": [{**_row("official.onnx", "onnxruntime", "fp32", 12.0), "status": "failed"},
+                       _row("a-int8.onnx", "onnxruntime", "int8", 8.0, drop=0.3)]}
+    (alone,) = pick(failed, 0.5, baseline="official.onnx")  # a baseline that did not run: no speed-up
+    assert (alone["pick"], alone["baseline"], alone["speedup"]) == ("a-int8.onnx", None, None)
+    with pytest.raises(ConfigError, match="not one of the benchmarked artifacts"):
+        pick(report, 0.5, baseline="other.onnx")
 
 
 def test_pick_reads_the_accuracy_report_beside_the_artifact(tmp_path) -> None:

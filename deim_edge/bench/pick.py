@@ -49,6 +49,9 @@ def pick(report: dict[str, Any], max_drop: float, baseline: str | None = None) -
     the baseline row (the artifact named `baseline`, else the first FP32 ONNX row run by ONNX Runtime) as the median
     of per-round ratios, and why the other rows were left out."""
     max_drop = check_max_drop(max_drop)
+    if baseline is not None and not any(baseline in (r["name"], r["artifact"]) or Path(r["artifact"]) == Path(baseline)
+                                        for r in report["rows"]):
+        raise ConfigError(f"--baseline {baseline} is not one of the benchmarked artifacts")
     rows = [r for r in report["rows"] if r["status"] == "ok"]
     picks = []
     for key in dict.fromkeys((r["threads"], r["batch"]) for r in rows):
@@ -89,17 +92,17 @@ def format_picks(picks: list[dict[str, Any]], max_drop: float) -> str:
                 lines.append(f"  {p['speedup']:.2f}x faster than {p['baseline']} on {p['baseline_runtime']} "
                              f"({p['baseline_p50_ms']:.2f} ms), median of per-round ratios")
             else:
-                lines.append("  no FP32 ONNX in ONNX Runtime among the artifacts to compare with (--baseline)")
+                lines.append("  no speed-up: the baseline did not run, or no FP32 ONNX in ONNX Runtime was given "
+                             "(--baseline)")
         lines += [f"  left out: {reason}" for reason in p["left_out"]]
     return "\n".join(lines)
 
 
 def _baseline(group: list[dict[str, Any]], name: str | None) -> dict[str, Any] | None:
+    """The row of `name` (None when it failed to run), else the first FP32 ONNX row run by ONNX Runtime."""
     if name is not None:
-        for row in group:
-            if name in (row["name"], row["artifact"]) or Path(row["artifact"]) == Path(name):
-                return row
-        raise ConfigError(f"--baseline {name} is not one of the benchmarked artifacts")
+        return next((row for row in group if name in (row["name"], row["artifact"])
+                     or Path(row["artifact"]) == Path(name)), None)
     for row in group:
         precision = (row.get("metadata") or {}).get("precision", "fp32")
         if row["runtime"] == "onnxruntime" and row["artifact"].endswith(".onnx") and precision == "fp32":
