@@ -10,8 +10,9 @@
   chain breaks), per model part (backbone, encoder, decoder) and per precision (int8 kernels or float).
 - .xml: OpenVINO's performance counters (PERF_COUNT): time per executed op with its kernel and precision
   (e.g. brgconv_avx512_core_vnni_I8 vs jit_avx512_FP32), per part and precision.
-- .tflite: LiteRT's Python API has no op profiler; the report lists what XNNPACK takes (delegate partitions)
-  and the ops left to LiteRT's own kernels with their tensor types, and the whole-model time.
+- .tflite: LiteRT's Python API has no op profiler; the report counts what XNNPACK takes (the ops between each
+  delegate partition's inputs and outputs) and lists the ops left to LiteRT's own kernels with their tensor
+  types, and the whole-model time.
 
 The report names the CPU and its ISA flags (VNNI, AVX512, BF16, AMX, NEON dot product) it ran on.
 """
@@ -138,20 +139,41 @@ def profile_tflite(path: Path, runs: int) -> dict:
         interpreter.invoke()
         samples.append((time.perf_counter() - start) * 1000)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # noqa: SLF001 -- the only op list LiteRT's Python API offers
+    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+    original = [op for op in ops if op["op_name"] != "DELEGATE"]
+    delegated = _delegated(original, partitions)
     counts: dict[tuple[str, str, str], int] = defaultdict(int)
-    for op in interpreter._get_ops_details():  # noqa: SLF001 -- the only op list LiteRT's Python API offers
-        name = op["op_name"]
-        if name == "DELEGATE":
-            counts[("XNNPACK partition", "-", "-")] += 1
+    for op in original:
+        if op["index"] in delegated:
             continue
-        dtypes = sorted({np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i in tensors and i >= 0})
-        precision = "int8" if {"int8", "uint8"} & set(dtypes) and "float32" not in dtypes else (
-            "mixed" if {"int8", "uint8"} & set(dtypes) else "float")
+        dtypes = sorted({np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i in tensors})
+        quantized = {"int8", "uint8"} & set(dtypes)
+        precision = "int8" if quantized and "float32" not in dtypes else ("mixed" if quantized else "float")
         node = next((tensors[i]["name"] for i in op["outputs"] if i in tensors), "")
-        counts[(f"{name} ({'/'.join(dtypes)})", part_of(node), precision)] += 1
+        counts[(f"{op['op_name']} ({'/'.join(dtypes)})", part_of(node), precision)] += 1
     rows = [{"op": k[0], "part": k[1], "precision": k[2], "ms": None, "nodes": v} for k, v in counts.items()]
-    return {"runtime": "LiteRT + XNNPACK (ops outside XNNPACK listed; no per-op times in the Python API)",
+    return {"runtime": f"LiteRT + XNNPACK: {len(delegated)} of {len(original)} ops in {len(partitions)} XNNPACK "
+                       f"partitions; the ops left to LiteRT's kernels are listed (no per-op times in its Python API)",
             "wall_ms": statistics.median(samples), "rows": rows}
+
+
+def _delegated(original: list[dict], partitions: list[dict]) -> set[int]:
+    """The original ops XNNPACK runs: for each partition, those on the paths from its inputs to its outputs."""
+    producer = {t: op["index"] for op in original for t in op["outputs"]}
+    inputs_of = {op["index"]: [int(i) for i in op["inputs"] if i >= 0] for op in original}
+    taken: set[int] = set()
+    for partition in partitions:
+        boundary = {int(t) for t in partition["inputs"]}
+        todo, seen = [int(t) for t in partition["outputs"]], set()
+        while todo:
+            tensor = todo.pop()
+            if tensor in boundary or tensor in seen or tensor not in producer:
+                continue
+            seen.add(tensor)
+            taken.add(producer[tensor])
+            todo += inputs_of[producer[tensor]]
+    return taken
 
 
 PROFILERS = {".onnx": profile_onnx, ".xml": profile_openvino, ".tflite": profile_tflite}
