@@ -174,19 +174,16 @@ def _gate_artifact(path: Path, fmt: Format, reference, data, progress: bool,
         return None
     try:
         measured = measure(candidate, reference, data, None, progress)
-        figures = {**public(measured), "measured": f"{path.suffix} artifact"}
-        half = fmt.half_options() if half_budget is not None else None
-        if half is not None:
-            step(f"measuring {path.name} again with its float ops in {half['precision']}")
-            half_figures = measure(Detector(fmt.open(path, **fmt.check_options, **half)), reference, data,
-                                   measured["_reference"], progress)
-            figures["half_float_ops"] = {"precision": half["precision"], "drop": half_figures["drop"],
-                                         "allowed": half_figures["drop"] <= half_budget}
     except DeimEdgeError:
         raise
     except Exception as e:  # noqa: BLE001 -- a runtime's own error: the artifact does not run, do not ship it
         raise ExportError(f"the written {path.name} fails on the accuracy gate's images ({type(e).__name__}: {e}); "
                           f"nothing was written") from e
+    figures = {**public(measured), "measured": f"{path.suffix} artifact"}
+    if half_budget is not None:
+        half = _half_trial(path, fmt, reference, data, measured["_reference"], progress)
+        if half is not None:
+            figures["half_float_ops"] = {**half, "allowed": half["drop"] <= half_budget}
     written = candidate.runtime.metadata  # as the backend wrote it (e.g. the TFLite INT8 mode it used)
     extra = {**written.extra, "accuracy": figures}
     if figures.get("half_float_ops", {}).get("allowed"):
@@ -194,6 +191,26 @@ def _gate_artifact(path: Path, fmt: Format, reference, data, progress: bool,
     written = written.with_(extra=extra)
     fmt.write_metadata(path, written)
     return figures, written
+
+
+def _half_trial(path: Path, fmt: Format, reference, data, reference_figures: dict, progress: bool) -> dict | None:
+    """{"precision", "drop"} of the artifact with its float ops in this machine's half precision, where its
+    runtime has one (format.half); None where not, or (with a warning) where that does not run."""
+    from ..calibration.gate import measure
+    from ..detector import Detector
+
+    half = fmt.half_options()
+    if half is None:
+        return None
+    step(f"measuring {path.name} again with its float ops in {half['precision']}")
+    try:
+        figures = measure(Detector(fmt.open(path, **fmt.check_options, **half)), reference, data, reference_figures,
+                          progress)
+    except Exception as e:  # noqa: BLE001 -- the float artifact stands; only the faster option is lost
+        warn(f"{path.name} does not run with {half['precision']} float ops here ({type(e).__name__}: {e}); "
+             f"its float ops stay f32")
+        return None
+    return {"precision": half["precision"], "drop": figures["drop"]}
 
 
 def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metadata: ArtifactMetadata,
