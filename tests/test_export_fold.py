@@ -55,3 +55,24 @@ def test_a_scale_that_does_not_commute_with_relu_stays(scale: float) -> None:
 def test_a_relu_output_read_elsewhere_stays() -> None:
     proto = conv_relu_affine(1.7, second_reader=True)
     assert fold_affine_scales(proto) == 0
+
+
+@pytest.mark.parametrize("shift", [-0.3, 0.0])
+def test_a_non_positive_shift_becomes_a_clip_of_the_shifted_conv(shift: float) -> None:
+    from deim_edge.export.fold import clip_negative_shifts
+
+    proto = conv_relu_affine(1.7, bias=shift)
+    before = run(proto)
+    assert fold_affine_scales(proto) == 1 and clip_negative_shifts(proto) == 1
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "Clip"]
+    np.testing.assert_allclose(run(proto), before, rtol=1e-6, atol=1e-5)  # the shift is added before the clamp
+    assert run(proto).min() == pytest.approx(shift)  # the clamp sits at the shift
+
+
+def test_a_positive_shift_stays_an_add() -> None:
+    from deim_edge.export.fold import clip_negative_shifts
+
+    proto = conv_relu_affine(1.7, bias=0.25)
+    assert clip_negative_shifts(proto) == 0
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "Relu", "Mul", "Add"]

@@ -21,8 +21,8 @@ from ..errors import ConfigError
 from .settings import RECIPES
 
 # op types quantized in backbone and encoder (ONNX Runtime keeps chains of these in int8 between convolutions)
-DETR_OP_TYPES = ("Conv", "Relu", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "Resize", "Sigmoid", "Split",
-                 "Pad", "MatMul", "Gemm")
+DETR_OP_TYPES = ("Conv", "Relu", "Clip", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "Resize", "Sigmoid",
+                 "Split", "Pad", "MatMul", "Gemm")
 INT8_SCOPES = ("/model/backbone/", "/model/encoder/")
 # the naive baseline adds what a quantize-everything run touches in the decoder and the decode
 NAIVE_OP_TYPES = (*DETR_OP_TYPES, "Softmax", "GridSample", "Gather", "GatherElements", "Transpose", "Reshape",

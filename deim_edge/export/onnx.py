@@ -20,19 +20,30 @@ from ..calibration.hooks import Int8Hooks
 from ..errors import ExportError
 from ..formats.onnx import embed
 from ..metadata import ArtifactMetadata
-from .fold import fold_affine_scales
+from .fold import clip_negative_shifts, fold_affine_scales
 from .graph import wrap
 from ..progress import step, warn
 
 INPUT_NAME = "images"
 OPSETS = range(16, 21)  # GridSample needs 16; the TorchScript exporter stops at 20
 DYNAMIC_TRACE_BATCH = 2  # a batch > 1 when tracing a dynamic batch, so no size-1 special case is baked in
-INT8_HOOKS = Int8Hooks(ships_qdq=True)  # onnx-int8 ships the QDQ graph the search measured in ONNX Runtime
+
+
+def _for_onnx_runtime(proto: onnx.ModelProto, metadata: ArtifactMetadata | None = None) -> onnx.ModelProto:
+    """The graph as ONNX Runtime runs it best: non-positive LAB shifts as Clips (see export/fold.py)."""
+    shifted = clip_negative_shifts(proto)
+    if shifted:
+        step(f"{shifted} affine shifts <= 0 as clips (fused into their convolutions by ONNX Runtime)")
+    return proto
+
+
+# onnx-int8 ships the QDQ graph the search measured in ONNX Runtime
+INT8_HOOKS = Int8Hooks(ships_qdq=True, prepare=_for_onnx_runtime)
 
 
 def export_onnx(model: nn.Module, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
     """Write `model` (deployed) to `out_path` as ONNX with `metadata` embedded; options: opset, simplify."""
-    proto = build_onnx(model, metadata, int(options["opset"]), bool(options["simplify"]))
+    proto = _for_onnx_runtime(build_onnx(model, metadata, int(options["opset"]), bool(options["simplify"])))
     step(f"writing {metadata.output} ONNX, {len(proto.graph.node)} nodes")
     onnx.save(proto, str(out_path))
     return out_path
