@@ -116,8 +116,8 @@ def profile_openvino(path: Path, runs: int) -> dict:
                 continue
             exec_type = info.exec_type
             suffix = exec_type.rsplit("_", 1)[-1].upper()
-            precision = {"I8": "int8", "U8": "int8", "BF16": "bf16", "F16": "fp16", "FP16": "fp16"}.get(suffix, "float")
-            key = (f"{info.node_type} [{exec_type}]", part_of(info.node_name), precision)
+            kernel = {"I8": "int8", "U8": "int8", "BF16": "bf16", "F16": "fp16", "FP16": "fp16"}.get(suffix, "float")
+            key = (f"{info.node_type} [{exec_type}]", part_of(info.node_name), kernel)
             times[key] += info.real_time.total_seconds() * 1000
             count[key] += 1
     wall_ms = (time.perf_counter() - start) * 1000 / runs
@@ -190,15 +190,15 @@ def summarize(result: dict) -> list[str]:
     timed = [r for r in rows if r["ms"] is not None]
     if timed:
         total = sum(r["ms"] for r in timed)
-        lines += ["| part | float ms | int8 ms | q/dq ms | other ms | share |", "|---|---|---|---|---|---|"]
+        lines += ["| part | float ms | int8 ms | q/dq ms | bf16/fp16 ms | share |", "|---|---|---|---|---|---|"]
         for part in (*PARTS, "other"):
             sel = [r for r in timed if r["part"] == part]
             if not sel:
                 continue
             by = defaultdict(float)
             for r in sel:
-                by[r["precision"] if r["precision"] in ("float", "int8", "q/dq") else "other"] += r["ms"]
-            lines.append(f"| {part} | {by['float']:.2f} | {by['int8']:.2f} | {by['q/dq']:.2f} | {by['other']:.2f} | "
+                by[r["precision"] if r["precision"] in ("float", "int8", "q/dq") else "half"] += r["ms"]
+            lines.append(f"| {part} | {by['float']:.2f} | {by['int8']:.2f} | {by['q/dq']:.2f} | {by['half']:.2f} | "
                          f"{sum(by.values()) / total:.0%} |")
         lines += ["", f"top ops by time (sum of kernel times {total:.2f} ms):", "",
                   "| op (kernel) | part | precision | nodes | ms | share |", "|---|---|---|---|---|---|"]
