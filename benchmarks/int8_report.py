@@ -151,13 +151,14 @@ def plot(result: dict, path: Path) -> None:
     rows = result.get("accuracy", [])
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, recipe in enumerate(("naive", "detr")):
+    recipes = [r for r in ("naive", "detr") if any(row["recipe"] == r for row in rows)]
+    for i, recipe in enumerate(recipes):
         aps = [next((r.get("AP", 0) for r in rows if r["target"] == t and r["recipe"] == recipe), 0) for t in targets]
         axes[0].bar([x + 0.27 * i for x in range(len(targets))], aps, 0.27, label=f"INT8 {recipe}")
     measured = [r for r in rows if "reference_AP" in r]
     if measured:
         axes[0].axhline(measured[0]["reference_AP"], color="k", linestyle="--", label="FP32 PyTorch")
-    axes[0].set_xticks([x + 0.14 for x in range(len(targets))], targets)
+    axes[0].set_xticks([x + 0.135 * (len(recipes) - 1) for x in range(len(targets))], targets)
     axes[0].set_ylabel("COCO AP (held-out)")
     axes[0].legend()
     speed = result.get("speed", {}).get("speedup_fp32_over_int8_p50", {})

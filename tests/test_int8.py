@@ -12,7 +12,7 @@ import pytest
 
 from deim_edge.calibration.data import coco_image_files, load_calibration
 from deim_edge.calibration.gate import GateData, detection_agreement
-from deim_edge.errors import AccuracyGateError, CalibrationError, ConfigError
+from deim_edge.errors import AccuracyGateError, CalibrationError, ConfigError, ExportError
 from deim_edge.metadata import ArtifactMetadata
 from deim_edge.progress import ExportWarning
 from deim_edge.results import Detections
@@ -332,3 +332,27 @@ def test_the_gate_measures_a_float_export_too(tmp_path, val_data):
     acc = Detector(path).metadata.extra["accuracy"]
     assert acc["metric"] == "AP" and abs(acc["drop"]) <= 0.05 and acc["matched"] == 1.0
     assert acc["mean_iou"] > 0.999 and acc["measured"] == ".onnx artifact"
+
+
+def test_openvino_scope_takes_a_gemm_whose_reshapes_openvino_folded_in():
+    """ViT MLPs (deimv2-s to x): onnxslim writes MatMul + Add as Reshape -> Gemm -> Reshape, and OpenVINO's
+    conversion folds the reshape into its MatMul (the op then carries both nodes' names, as seen in deimv2-s's
+    first block); the MatMul is still the Gemm's, and INT8, not an error."""
+    pytest.importorskip("nncf")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deim_edge.export.openvino_int8 import float_op_names
+
+    gemm, post = "/model/backbone/mlp/fc1/MatMul_output_0", "/model/backbone/mlp/fc1/MatMul_output_0_post_reshape"
+    inits = [numpy_helper.from_array(np.ones((8, 16), np.float32), "W"),
+             numpy_helper.from_array(np.zeros(16, np.float32), "B"),
+             numpy_helper.from_array(np.array([1, 4, 16], np.int64), "back")]
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["g"], name=gemm),
+             helper.make_node("Reshape", ["g", "back"], ["y"], name=post)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ops = {f"{gemm}/WithoutBiases": frozenset({gemm, post}), gemm: frozenset({gemm})}  # OpenVINO op -> ONNX nodes
+    assert float_op_names(proto, ops, [gemm]) == set()
+    with pytest.raises(ExportError, match="match no OpenVINO op"):  # a MatMul with a float node folded in: refused
+        float_op_names(proto, {f"{gemm}/WithoutBiases": frozenset({gemm, "other"})}, [gemm])

@@ -38,6 +38,7 @@ METHODS = ("minmax", "percentile")  # calibration methods NNCF has an equivalent
 PERCENTILE_OUTLIER = 1e-4  # "percentile": each activation's range is its 0.01 / 99.99 % quantile, averaged
 STRUCTURAL = frozenset({"Constant", "Parameter", "Result"})  # ops NNCF never quantizes; never in a scope
 WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})  # ONNX ops whose OpenVINO ops must be found
+SHAPE_ONLY = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})  # move data, compute nothing
 SUFFIX_SEPARATOR = "/"  # OpenVINO names ops it splits off a node "<name>/WithoutBiases", ...
 
 
@@ -138,7 +139,12 @@ def float_op_names(proto: onnx.ModelProto, ops: dict[str, frozenset[str]], quant
     `quantize_nodes`. ExportError when a Conv/Gemm/MatMul node with weights named has no op in the quantized set
     (the ONNX -> OpenVINO name matching no longer works: the INT8 model would silently be float)."""
     wanted = set(quantize_nodes)
-    quantized = {name for name, nodes in ops.items() if nodes and nodes <= wanted}
+    op_types = {node.name: node.op_type for node in proto.graph.node}
+
+    def computing(nodes: frozenset[str]) -> set[str]:  # a reshape OpenVINO folded into a MatMul is no reason to
+        return {n for n in nodes if op_types.get(n) not in SHAPE_ONLY}  # keep it float (ViT MLPs: Gemm + reshapes)
+
+    quantized = {name for name, nodes in ops.items() if computing(nodes) and computing(nodes) <= wanted}
     covered = set().union(*(ops[name] for name in quantized))
     weighted = {node.name for node in _weighted_nodes(proto) if node.name in wanted}
     missed = sorted(weighted - covered)
