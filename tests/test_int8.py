@@ -302,6 +302,22 @@ def test_recipes_keep_the_decoder_float_and_naive_does_not():
         make_plan(proto, "everything")
 
 
+def test_detr_recipe_quantizes_matrix_products_with_weights_only():
+    """A ViT backbone's attention products (q @ k, attn @ v) stay float: ONNX Runtime would also run the softmax
+    between them as QLinearSoftmax, and deimv2-s got slower than FP32."""
+    from onnx import helper, numpy_helper
+
+    from deim_edge.calibration.recipe import make_plan
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["q"], name="/model/backbone/blocks.0/attn/qkv/MatMul"),
+             helper.make_node("MatMul", ["q", "x"], ["s"], name="/model/backbone/blocks.0/attn/MatMul"),
+             helper.make_node("Softmax", ["s"], ["a"], name="/model/backbone/blocks.0/attn/Softmax")]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [], [], [weight]))
+    assert make_plan(proto, "detr").nodes == ["/model/backbone/blocks.0/attn/qkv/MatMul"]
+    assert "/model/backbone/blocks.0/attn/MatMul" in make_plan(proto, "naive").nodes
+
+
 def test_the_search_moves_the_most_sensitive_layers_back_until_within_budget():
     from deim_edge.calibration.recipe import Plan
     from deim_edge.calibration.sensitivity import search

@@ -33,6 +33,10 @@ LEAF_MODULES = {"conv", "act", "lab", "bn", "norm", "conv_bn_fused"}  # parts of
 # INT8 convolutions (measured on Atto: stem1 alone float 1.02x FP32 speed, the stem float 1.20x, both within 0.7 AP)
 UNIT_SCOPES = ("/model/backbone/stem",)
 TRT_OP_TYPES = ("Conv", "MatMul", "Gemm")  # TensorRT fuses Q/DQ into these; it picks int8 for the rest itself
+# matrix products the detr recipe quantizes only with a weight (a constant input): between two activations (a ViT
+# backbone's q @ k and attn @ v) ONNX Runtime also fuses the softmax between them into QLinearSoftmax, 7x slower
+# than its float softmax (deimv2-s: 258 vs 35 ms), and INT8 made S slower than FP32 (626 vs 575 ms)
+PRODUCTS = ("MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,15 @@ def make_plan(proto: onnx.ModelProto, recipe: str = "detr", op_types: tuple[str,
         raise ConfigError(f"unknown quantization recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     allowed = DETR_OP_TYPES if recipe == "detr" else NAIVE_OP_TYPES
     types = tuple(t for t in allowed if op_types is None or t in op_types)
+    constants = {t.name for t in proto.graph.initializer} | {
+        out for node in proto.graph.node if node.op_type == "Constant" for out in node.output}
     layers: dict[str, list[str]] = defaultdict(list)
     for node in proto.graph.node:
-        if node.op_type in types and (recipe == "naive" or node.name.startswith(INT8_SCOPES)):
-            layers[layer_of(node.name)].append(node.name)
+        if node.op_type not in types or not (recipe == "naive" or node.name.startswith(INT8_SCOPES)):
+            continue
+        if recipe == "detr" and node.op_type in PRODUCTS and not constants.intersection(node.input):
+            continue  # attention's activation x activation products: see PRODUCTS
+        layers[layer_of(node.name)].append(node.name)
     if not layers:
         raise ConfigError(f"the {recipe} recipe finds nothing to quantize in this graph (no {', '.join(types)} "
                           f"nodes under {', '.join(INT8_SCOPES)}); is it a deim-edge export?")
