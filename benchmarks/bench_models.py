@@ -91,7 +91,7 @@ def write_artifacts(variant: str, folder: Path, targets: list[str], calib_size: 
     from deim_edge.calibration.qdq import QdqQuantizer
     from deim_edge.calibration.recipe import make_plan
     from deim_edge.export import export
-    from deim_edge.export.openvino_int8 import write_int8_ir
+    from deim_edge.export.openvino_int8 import INT8_HOOKS as OPENVINO_INT8_HOOKS, write_int8_ir
     from deim_edge.export.weights import random_model
     from deim_edge.formats import read_metadata
     from deim_edge.formats.onnx import embed
@@ -115,7 +115,8 @@ def write_artifacts(variant: str, folder: Path, targets: list[str], calib_size: 
             paths["onnx-int8"] = folder / f"{variant}{SUFFIX['onnx-int8']}"
             onnx.save(qdq, str(paths["onnx-int8"]))
         if "openvino-int8" in int8:
-            paths["openvino-int8"] = write_int8_ir(proto, batches, plan.nodes, "minmax",
+            ov_plan = make_plan(proto, "detr", activation_products=OPENVINO_INT8_HOOKS.activation_products)
+            paths["openvino-int8"] = write_int8_ir(proto, batches, ov_plan.nodes, "minmax",
                                                    folder / f"{variant}{SUFFIX['openvino-int8']}", int8_metadata)
     return {t: paths[t] for t in targets}
 

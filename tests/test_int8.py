@@ -303,8 +303,8 @@ def test_recipes_keep_the_decoder_float_and_naive_does_not():
 
 
 def test_detr_recipe_quantizes_matrix_products_with_weights_only():
-    """A ViT backbone's attention products (q @ k, attn @ v) stay float: ONNX Runtime would also run the softmax
-    between them as QLinearSoftmax, and deimv2-s got slower than FP32."""
+    """A ViT backbone's attention products (q @ k, attn @ v) stay float where ONNX Runtime runs them (it would also
+    run the softmax between them as QLinearSoftmax; deimv2-s got slower than FP32); OpenVINO asks for them."""
     from onnx import helper, numpy_helper
 
     from deim_edge.calibration.recipe import make_plan
@@ -316,6 +316,8 @@ def test_detr_recipe_quantizes_matrix_products_with_weights_only():
     proto = helper.make_model(helper.make_graph(nodes, "g", [], [], [weight]))
     assert make_plan(proto, "detr").nodes == ["/model/backbone/blocks.0/attn/qkv/MatMul"]
     assert "/model/backbone/blocks.0/attn/MatMul" in make_plan(proto, "naive").nodes
+    both = ["/model/backbone/blocks.0/attn/qkv/MatMul", "/model/backbone/blocks.0/attn/MatMul"]
+    assert make_plan(proto, "detr", activation_products=True).nodes == both  # OpenVINO's choice
 
 
 def test_the_search_moves_the_most_sensitive_layers_back_until_within_budget():

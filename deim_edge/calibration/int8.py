@@ -63,7 +63,7 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
     reference = Detector(TorchRuntime.of(model, metadata))
     data = GateData.find(settings.val_data, calibration.images, f"{len(calibration)} calibration images (no "
                                                                    f"--val-data: agreement with FP32)")
-    plan = make_plan(fp32_onnx, settings.recipe)
+    plan = make_plan(fp32_onnx, settings.recipe, activation_products=hooks.activation_products)
     with QdqQuantizer(fp32_onnx, calibration.batches(), plan.op_types, settings.calib_method, style,
                       progress) as quantizer, tempfile.TemporaryDirectory(prefix="deim-edge-gate-") as folder:
         cache: dict = {}
