@@ -91,6 +91,7 @@ def write_artifacts(variant: str, folder: Path, targets: list[str], calib_size: 
     from deim_edge.calibration.qdq import QdqQuantizer
     from deim_edge.calibration.recipe import make_plan
     from deim_edge.export import export
+    from deim_edge.export.onnx import INT8_HOOKS as ONNX_INT8_HOOKS
     from deim_edge.export.openvino_int8 import INT8_HOOKS as OPENVINO_INT8_HOOKS, write_int8_ir
     from deim_edge.export.weights import random_model
     from deim_edge.formats import read_metadata
@@ -107,7 +108,7 @@ def write_artifacts(variant: str, folder: Path, targets: list[str], calib_size: 
         int8_metadata = metadata.with_(precision="int8", extra={**metadata.extra, "int8": {
             "recipe": "detr", "search": "none (random weights: speed only)", "calibration": f"{calib_size} synthetic"}})
         batches = load_calibration("synthetic", metadata, calib_size, progress=False).batches()
-        plan = make_plan(proto, "detr")
+        plan = make_plan(proto, "detr", activation_products=ONNX_INT8_HOOKS.activation_products)
         if "onnx-int8" in int8:
             with QdqQuantizer(proto, batches, plan.op_types, progress=False) as quantizer:
                 qdq = quantizer.quantize(plan.nodes)

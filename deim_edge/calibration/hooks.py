@@ -26,7 +26,7 @@ class Int8Hooks:
     qdq_style: str = "ort"  # the QDQ layout searched: "ort" (ONNX Runtime) or "trt" (symmetric, explicit precision)
     ships_qdq: bool = False  # the artifact is the searched QDQ graph itself: its measured figures are final
     calib_methods: tuple[str, ...] | None = None  # the calibration methods the backend offers (None: all)
-    activation_products: bool = False  # INT8 for matrix products of two activations too (recipe.PRODUCTS)
+    activation_products: bool = True  # INT8 for matrix products of two activations too (recipe.PRODUCTS)
     prepare: Callable[[onnx.ModelProto, ArtifactMetadata], onnx.ModelProto] | None = None  # FP32 graph for it
     # (FP32 graph, calibration method) -> (file suffix, writer): search on the backend's own artifact
     search_on: Callable[[onnx.ModelProto, str], tuple[str, CandidateWriter]] | None = None

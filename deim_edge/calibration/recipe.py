@@ -33,8 +33,8 @@ LEAF_MODULES = {"conv", "act", "lab", "bn", "norm", "conv_bn_fused"}  # parts of
 # INT8 convolutions (measured on Atto: stem1 alone float 1.02x FP32 speed, the stem float 1.20x, both within 0.7 AP)
 UNIT_SCOPES = ("/model/backbone/stem",)
 TRT_OP_TYPES = ("Conv", "MatMul", "Gemm")  # TensorRT fuses Q/DQ into these; it picks int8 for the rest itself
-# matrix products the detr recipe quantizes only with a weight (a constant input), unless the backend asks for
-# more: between two activations (a ViT backbone's q @ k and attn @ v) ONNX Runtime also fuses the softmax between
+# matrix products the detr recipe quantizes only with a weight (a constant input) for backends that ask so (ONNX
+# Runtime; the others, unmeasured, keep them): between two activations (a ViT backbone's q @ k and attn @ v) ONNX Runtime also fuses the softmax between
 # them into QLinearSoftmax, 7x slower than its float softmax (deimv2-s: 258 vs 35 ms; onnx-int8 was slower than
 # FP32, 626 vs 575 ms), while OpenVINO runs them well in int8 (deimv2-s: 303 ms with them, 386 without)
 PRODUCTS = ("MatMul", "Gemm")
@@ -77,9 +77,9 @@ def layer_of(node_name: str) -> str:
 
 
 def make_plan(proto: onnx.ModelProto, recipe: str = "detr", op_types: tuple[str, ...] | None = None,
-              activation_products: bool = False) -> Plan:
+              activation_products: bool = True) -> Plan:
     """The INT8 layers of `recipe` in `proto`; op_types narrows the op types (e.g. TRT_OP_TYPES);
-    activation_products: the detr recipe also quantizes matrix products of two activations (see PRODUCTS)."""
+    activation_products=False: the detr recipe quantizes matrix products only with a weight (see PRODUCTS)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown quantization recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     allowed = DETR_OP_TYPES if recipe == "detr" else NAIVE_OP_TYPES

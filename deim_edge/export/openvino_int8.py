@@ -47,7 +47,7 @@ def _search_on_ir(fp32: onnx.ModelProto, method: str) -> tuple[str, CandidateWri
     return ".xml", lambda nodes, batches, path: write_int8_ir(fp32, batches, nodes, method, path)
 
 
-INT8_HOOKS = Int8Hooks(calib_methods=METHODS, search_on=_search_on_ir, activation_products=True)
+INT8_HOOKS = Int8Hooks(calib_methods=METHODS, search_on=_search_on_ir)
 
 
 def export_openvino_int8(model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
