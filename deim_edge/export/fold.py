@@ -10,6 +10,7 @@ fuse best: ONNX Runtime runs QLinearConv with the ReLU inside, and no QLinearMul
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -18,49 +19,16 @@ from onnx import numpy_helper
 
 def fold_affine_scales(proto: onnx.ModelProto) -> int:
     """Fold every `Mul(Relu(Conv(x, W, B)), s)` with a positive scalar initializer s into Conv(x, s W, s B),
-    in place; returns how many were folded. Only rewrites where the Conv's weights, bias and output and the
-    ReLU's output have no other reader."""
+    in place; returns how many were folded."""
     graph = proto.graph
-    initializers = {t.name: t for t in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = defaultdict(int)
-    for node in graph.node:
-        for name in node.input:
-            readers[name] += 1
-    for output in graph.output:
-        readers[output.name] += 1
-    folded: list[onnx.NodeProto] = []
-    for mul in graph.node:
-        if mul.op_type != "Mul" or len(mul.input) != 2:
-            continue
-        const = next((i for i in mul.input if i in initializers), None)
-        data = next((i for i in mul.input if i != const), None)
-        if const is None or data is None:
-            continue
-        scale = numpy_helper.to_array(initializers[const])
-        relu = producer.get(data)
-        if scale.size != 1 or not np.isfinite(scale).all() or float(scale.reshape(-1)[0]) <= 0:
-            continue
-        if relu is None or relu.op_type != "Relu" or readers[data] != 1:
-            continue
-        conv = producer.get(relu.input[0])
-        if conv is None or conv.op_type != "Conv" or readers[relu.input[0]] != 1 or len(conv.input) != 3:
-            continue
-        weight, bias = conv.input[1], conv.input[2]
-        if weight not in initializers or bias not in initializers or readers[weight] != 1 or readers[bias] != 1:
-            continue
-        s = float(scale.reshape(-1)[0])
-        for name in (weight, bias):
+    matches = _after_relu_conv(graph, "Mul", lambda s: s > 0)
+    for mul, s, relu, conv, initializers in matches:
+        for name in conv.input[1:]:
             values = numpy_helper.to_array(initializers[name])
             initializers[name].CopyFrom(numpy_helper.from_array((values * s).astype(values.dtype), name))
         relu.output[0] = mul.output[0]  # the Mul's readers now read the ReLU
-        folded.append(mul)
-    for mul in folded:
-        graph.node.remove(mul)
-    still_read = {name for node in graph.node for name in node.input}
-    for name in {i for mul in folded for i in mul.input if i in initializers} - still_read:
-        graph.initializer.remove(initializers[name])
-    return len(folded)
+    _remove(graph, [m[0] for m in matches])
+    return len(matches)
 
 
 def clip_negative_shifts(proto: onnx.ModelProto) -> int:
@@ -73,24 +41,38 @@ def clip_negative_shifts(proto: onnx.ModelProto) -> int:
     requantizing them. A shift b > 0 stays an Add: ONNX Runtime's quantization ranges always include 0, so the
     clamp at b > 0 would be lost. Not for LiteRT: XNNPACK has no int8 kernel for the Maximum a Clip becomes."""
     graph = proto.graph
+    matches = _after_relu_conv(graph, "Add", lambda b: b <= 0)
+    for add, b, relu, conv, initializers in matches:
+        bias = conv.input[2]
+        values = numpy_helper.to_array(initializers[bias])
+        initializers[bias].CopyFrom(numpy_helper.from_array((values + b).astype(values.dtype), bias))
+        lower = f"{add.name}/min"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(b, dtype=values.dtype), lower))  # a scalar
+        relu.CopyFrom(onnx.helper.make_node("Clip", [relu.input[0], lower], [add.output[0]],
+                                            name=relu.name.rsplit("/", 1)[0] + "/Clip"))
+    _remove(graph, [m[0] for m in matches])
+    return len(matches)
+
+
+def _after_relu_conv(graph: onnx.GraphProto, op_type: str, accept: Callable[[float], bool]) -> list[tuple]:
+    """(node, value, relu, conv, initializers) for every `op_type(Relu(Conv(x, W, B)), c)` whose c is a one-value
+    initializer with accept(c), where the Conv's W and B are initializers and W, B, the Conv's and the ReLU's
+    outputs have no other reader (so rewriting them changes nothing else)."""
     initializers = {t.name: t for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     readers: dict[str, int] = defaultdict(int)
+    for name in [i for node in graph.node for i in node.input] + [o.name for o in graph.output]:
+        readers[name] += 1
+    matches = []
     for node in graph.node:
-        for name in node.input:
-            readers[name] += 1
-    for output in graph.output:
-        readers[output.name] += 1
-    rewritten: list[onnx.NodeProto] = []
-    for add in graph.node:
-        if add.op_type != "Add" or len(add.input) != 2:
+        if node.op_type != op_type or len(node.input) != 2:
             continue
-        const = next((i for i in add.input if i in initializers), None)
-        data = next((i for i in add.input if i != const), None)
+        const = next((i for i in node.input if i in initializers), None)
+        data = next((i for i in node.input if i != const), None)
         if const is None or data is None:
             continue
-        shift = numpy_helper.to_array(initializers[const])
-        if shift.size != 1 or not np.isfinite(shift).all() or float(shift.reshape(-1)[0]) > 0:
+        value = numpy_helper.to_array(initializers[const])
+        if value.size != 1 or not np.isfinite(value).all() or not accept(float(value.reshape(-1)[0])):
             continue
         relu = producer.get(data)
         if relu is None or relu.op_type != "Relu" or readers[data] != 1:
@@ -98,21 +80,16 @@ def clip_negative_shifts(proto: onnx.ModelProto) -> int:
         conv = producer.get(relu.input[0])
         if conv is None or conv.op_type != "Conv" or readers[relu.input[0]] != 1 or len(conv.input) != 3:
             continue
-        bias = conv.input[2]
-        if bias not in initializers or readers[bias] != 1:
+        if not all(w in initializers and readers[w] == 1 for w in conv.input[1:]):
             continue
-        b = shift.reshape(-1)[0]
-        values = numpy_helper.to_array(initializers[bias])
-        initializers[bias].CopyFrom(numpy_helper.from_array((values + b).astype(values.dtype), bias))
-        lower = f"{add.name}/min"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(b, dtype=shift.dtype), lower))  # a scalar
-        clip = onnx.helper.make_node("Clip", [relu.input[0], lower], [add.output[0]],
-                                     name=relu.name.rsplit("/", 1)[0] + "/Clip")
-        relu.CopyFrom(clip)
-        rewritten.append(add)
-    for add in rewritten:
-        graph.node.remove(add)
+        matches.append((node, float(value.reshape(-1)[0]), relu, conv, initializers))
+    return matches
+
+
+def _remove(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Drop `nodes` and the initializers only they read."""
+    for node in nodes:
+        graph.node.remove(node)
     still_read = {name for node in graph.node for name in node.input}
-    for name in {i for add in rewritten for i in add.input if i in initializers} - still_read:
-        graph.initializer.remove(initializers[name])
-    return len(rewritten)
+    for t in [t for t in graph.initializer if t.name in {i for n in nodes for i in n.input} - still_read]:
+        graph.initializer.remove(t)
