@@ -153,8 +153,8 @@ def time_artifacts(args: argparse.Namespace) -> None:
                 cells.append(f"{row['status']}: {row['error']}")
                 continue
             p50[target] = row["latency_ms"]["end_to_end"]["p50"]
-            label = precision_label(row)
-            cells.append(f"{p50[target]:.1f}" + (f" ({label.split('(')[-1].rstrip(')')})" if "(" in label else ""))
+            ran_in = precision_label(row).partition(" ")[2]  # "(bf16)" where float ops ran in another precision
+            cells.append(f"{p50[target]:.1f} {ran_in}".rstrip())
         best = min((p50[t] for t in p50 if t.endswith("-int8")), default=None)
         gain = f"{p50['onnx'] / best:.2f}x" if best and "onnx" in p50 else "-"
         lines.append(f"| {v.name} | {v.input_size} | {v.published.params_deploy / 1e6:.2f}M | {v.published.gflops:.2f} | "
