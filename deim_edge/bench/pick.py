@@ -49,8 +49,7 @@ def pick(report: dict[str, Any], max_drop: float, baseline: str | None = None) -
     the baseline row (the artifact named `baseline`, else the first FP32 ONNX row run by ONNX Runtime) as the median
     of per-round ratios, and why the other rows were left out."""
     max_drop = check_max_drop(max_drop)
-    if baseline is not None and not any(baseline in (r["name"], r["artifact"]) or Path(r["artifact"]) == Path(baseline)
-                                        for r in report["rows"]):
+    if baseline is not None and not any(_names(row, baseline) for row in report["rows"]):
         raise ConfigError(f"--baseline {baseline} is not one of the benchmarked artifacts")
     rows = [r for r in report["rows"] if r["status"] == "ok"]
     picks = []
@@ -101,13 +100,17 @@ def format_picks(picks: list[dict[str, Any]], max_drop: float) -> str:
 def _baseline(group: list[dict[str, Any]], name: str | None) -> dict[str, Any] | None:
     """The row of `name` (None when it failed to run), else the first FP32 ONNX row run by ONNX Runtime."""
     if name is not None:
-        return next((row for row in group if name in (row["name"], row["artifact"])
-                     or Path(row["artifact"]) == Path(name)), None)
+        return next((row for row in group if _names(row, name)), None)
     for row in group:
         precision = (row.get("metadata") or {}).get("precision", "fp32")
         if row["runtime"] == "onnxruntime" and row["artifact"].endswith(".onnx") and precision == "fp32":
             return row
     return None
+
+
+def _names(row: dict[str, Any], name: str) -> bool:
+    """Whether `name` (as given on the command line) is this row's artifact."""
+    return name in (row["name"], row["artifact"]) or Path(row["artifact"]) == Path(name)
 
 
 def _stage(row: dict[str, Any]) -> str:
