@@ -126,6 +126,7 @@ def time_artifacts(args: argparse.Namespace) -> None:
     from deim_edge.bench.device import cpu_facts
     from deim_edge.bench.harness import benchmark
     from deim_edge.bench.report import precision_label
+    from deim_edge.fileio import atomic_path
 
     out = Path(args.out) if args.out else None
     folder = out.with_suffix("") if out else Path(tempfile.mkdtemp(prefix="deim-edge-variants-"))
@@ -164,8 +165,10 @@ def time_artifacts(args: argparse.Namespace) -> None:
     text = "\n".join(lines)
     print(text)
     if out:
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+        with atomic_path(out.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":
