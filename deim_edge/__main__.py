@@ -1,4 +1,4 @@
-"""Command line: `python -m deim_edge {predict,export,train,bench,demo,info}`."""
+"""Command line: `python -m deim_edge {predict,export,train,bench,demo,tile,info}`."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ def predict(args: argparse.Namespace) -> None:
         print(json.dumps(records, indent=1))
 
 
+def tile(args: argparse.Namespace) -> None:
+    """Cut a dataset's large images into training tiles, written in COCO layout."""
+    from .training.data.layouts import read_dataset
+    from .training.data.tiles import tile_dataset
+
+    layout, splits = read_dataset(args.dataset)
+    report = tile_dataset(splits, args.out, args.size, overlap=args.overlap, min_visible=args.min_visible,
+                          keep_empty=args.keep_empty)
+    for name, c in report.items():
+        print(f"{name}: {c['tiles']} tiles of {args.size} px, {c['boxes']} boxes ({c['boxes_cut_kept']} cut at a "
+              f"border and kept, {c['boxes_cut_dropped']} mostly outside: dropped and filled), "
+              f"{c['tiles_empty_skipped']} empty tiles skipped")
+    print(f"{layout} dataset tiled into {args.out} (COCO layout): python -m deim_edge train --data {args.out} ...")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:  # export, train, bench and demo have command lines of their own
@@ -109,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", help="runtime to use (default: by file suffix)")
     p.add_argument("--threads", type=int, help="inference threads")
     p.set_defaults(run=predict)
+
+    p = commands.add_parser("tile", help="cut large annotated images into training tiles (COCO layout out)")
+    p.add_argument("dataset", help="a dataset folder in COCO, Pascal VOC or YOLO layout")
+    p.add_argument("--out", required=True, help="a new folder for the tiles")
+    p.add_argument("--size", type=int, default=640, help="tile side in pixels (default 640)")
+    p.add_argument("--overlap", type=float, default=0.2, help="overlap of neighbouring tiles, a fraction (0.2)")
+    p.add_argument("--min-visible", type=float, default=0.5,
+                   help="a cut box is kept when this fraction of it is inside the tile, else masked (0.5)")
+    p.add_argument("--keep-empty", action="store_true", help="keep tiles without any box")
+    p.set_defaults(run=tile)
 
     p = commands.add_parser("info", help="list the variants, or build one and print its summary")
     p.add_argument("variant", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
