@@ -1,8 +1,17 @@
 """`python -m deim_edge.train --variant deimv2-atto --data DATA ...`: train a DEIMv2 detector.
 
-DATA is a folder in COCO layout (annotations/instances_train.json with train/ images, and optionally
-annotations/instances_val.json with val/), `synthetic` to generate the synthetic shapes set into the
-output folder first, or left out with --train-json/--train-images (and --val-json/--val-images) given.
+DATA is a dataset folder in COCO layout (annotations/instances_train.json with train/ images, and
+optionally instances_val.json with val/), Pascal VOC layout (Annotations/*.xml, JPEGImages/,
+ImageSets/Main/{train,val}.txt) or YOLO layout (data.yaml, images/{train,val}/, labels/{train,val}/);
+`synthetic` to generate the synthetic shapes set into the output folder first; or left out with
+--train-json/--train-images (and --val-json/--val-images) given. Large images: cut them into tiles first
+with `python -m deim_edge tile`.
+
+Before training, a dataset check (box sizes against the variant's strides, objects per image against its
+queries, empty classes, duplicate boxes) is printed and saved as OUT/dataset.txt and OUT/dataset.png, and
+the recipe fitted to the data, batch and run length (or --time budget) is printed.
+Fine-tuning is the normal path: --init-from an official COCO checkpoint of the variant (any class count:
+the class heads start fresh) or an ImageNet backbone file such as PPHGNetV2_B0_stage1.pth.
 
 Several processes (GPUs, or CPU processes with gloo): torchrun --nproc_per_node N -m deim_edge.train ...
 with --batch the global batch (split evenly over the processes).
@@ -24,7 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-json"), p.add_argument("--train-images")
     p.add_argument("--val-json"), p.add_argument("--val-images")
     p.add_argument("--synthetic-images", type=int, default=200, help="images of --data synthetic")
-    p.add_argument("--epochs", type=int, help="default: the variant's recipe (its schedule scales to this)")
+    p.add_argument("--epochs", type=int, help="default: the variant's recipe, or what fits --time (the schedule "
+                                               "scales to it)")
+    p.add_argument("--time", type=float, metavar="MINUTES",
+                   help="a time budget: the schedule is fitted into it, training stops at it with best.pth")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--imgsz", type=int, help="square training size, a multiple of 32 (default: the variant's)")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
@@ -43,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def data_paths(args: argparse.Namespace) -> tuple[str, str, str | None, str | None]:
-    """(train images, train json, val images, val json) from --data or the explicit paths."""
+    """(train images, train json, val images, val json) from --data or the explicit paths. A VOC or YOLO
+    dataset is read into COCO JSON files under OUT/dataset/ first."""
     if args.data == "synthetic":
         from .training.data import make_synthetic_coco
 
@@ -51,14 +64,17 @@ def data_paths(args: argparse.Namespace) -> tuple[str, str, str | None, str | No
                                 image_size=args.imgsz or 320, progress=not args.no_progress)
         return str(s.train_images), str(s.train_json), str(s.val_images), str(s.val_json)
     if args.data:
-        root = Path(args.data)
-        train_json = root / "annotations" / "instances_train.json"
-        if not train_json.is_file():
-            raise ConfigError(f"{train_json} not found: --data needs annotations/instances_train.json and train/ "
-                              "(or pass --train-json and --train-images)")
-        val_json = root / "annotations" / "instances_val.json"
-        val = (str(root / "val"), str(val_json)) if val_json.is_file() else (None, None)
-        return str(root / "train"), str(train_json), *val
+        from .training.data.layouts import read_dataset, write_coco_layout
+
+        layout, splits = read_dataset(args.data)
+        if layout == "coco":
+            paths = {name: (str(s.images), str(s.source)) for name, s in splits.items()}
+        else:
+            paths = write_coco_layout(splits, Path(args.out) / "dataset")
+            sizes = ", ".join(f"{name} {len(split.coco['images'])} images" for name, split in splits.items())
+            print(f"{layout} dataset {args.data}: {sizes} (as COCO JSON in {Path(args.out) / 'dataset'})")
+        val = paths.get("val", (None, None))
+        return (*paths["train"], *val)
     if not (args.train_json and args.train_images):
         raise ConfigError("give --data FOLDER, --data synthetic, or --train-json and --train-images")
     if bool(args.val_json) != bool(args.val_images):
@@ -77,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                              epochs=args.epochs, batch_size=args.batch, imgsz=args.imgsz, lr_scale=args.lr_scale,
                              device=args.device, amp=args.amp, workers=args.workers, seed=args.seed, out=args.out,
                              eval_every=args.eval_every, resume=args.resume, init_from=args.init_from,
-                             progress=not args.no_progress, sync_bn=args.sync_bn)
+                             progress=not args.no_progress, sync_bn=args.sync_bn,
+                             time_minutes=args.time)
         trainer = Trainer(config)
         history = trainer.fit()
         teardown()

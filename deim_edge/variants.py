@@ -131,6 +131,8 @@ class TrainRecipe:
     copyblend_area_threshold: int = 100
     copyblend_num_objects: int = 3
     copyblend_expand_ratios: tuple[float, float] = (0.1, 0.25)
+    zoom_out_max: float = 4.0  # RandomZoomOut's largest canvas side, as torchvision's default
+    mosaic_keeps_scale: bool = False  # a window of the mosaic is kept instead of the whole, shrunk (small objects)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,27 @@ def test_mosaic_without_rotation_keeps_boxes_tight():
         assert (np.abs(crop - COLORS[0]).sum(-1) < 60).mean() > 0.95
 
 
+def test_a_cropping_mosaic_keeps_the_objects_size():
+    rng = np.random.default_rng(7)
+    mosaic = Mosaic(output_size=120, rotation_range=0, scaling_range=(1.0, 1.0), translation_range=(0, 0),
+                    max_cached_images=1, crop=120)
+    image, target = _sample(rng, h=120, w=120, n=1)
+    size = target["boxes"][0, 2:] - target["boxes"][0, :2]
+    seen = 0
+    for _ in range(8):
+        out, tgt = mosaic(image, target, rng)  # a 120 x 120 window of a 240 x 240 mosaic of four copies
+        assert out.shape == (120, 120, 3)
+        b = tgt["boxes"]
+        assert (b >= 0).all() and (b[:, 2:] <= 120).all()
+        whole = [box for box in b if box[0] > 0 and box[1] > 0 and box[2] < 120 and box[3] < 120]
+        for box in whole:  # not cut by the window: exactly the size it had
+            np.testing.assert_allclose(box[2:] - box[:2], size)
+            x1, y1, x2, y2 = box.round().astype(int)
+            assert (np.abs(out[y1:y2, x1:x2].astype(int) - COLORS[0]).sum(-1) < 60).mean() > 0.95
+        seen += len(whole)
+    assert seen > 0
+
+
 def test_mixup_keeps_both_box_sets():
     rng = np.random.default_rng(6)
     (a, ta), (b, tb) = _sample(rng, n=2), _sample(rng, n=3)

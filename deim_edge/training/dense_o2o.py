@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..variants import TrainRecipe
+from .fitted_recipe import scale_epoch
 from .transforms import (Compose, RandomHorizontalFlip, RandomIoUCrop, RandomPhotometricDistort, RandomZoomOut,
                          Resize, SanitizeBoundingBoxes, Target, Transform, keep_boxes, with_boxes)
 
@@ -41,13 +42,17 @@ class Mosaic(Transform):
     cache is full a random entry other than the newest is evicted (`random_pop`) or the oldest. Boxes are
     moved with their tile, mapped through the affine, replaced by the envelope of their corners, clipped to
     the canvas; boxes left with no area are dropped.
+
+    With `crop`, the affine maps the canvas onto a crop x crop window at a random place instead (a mosaic
+    that keeps the objects' scale, for small objects: the tiles are not shrunk to fit one image).
     """
 
     def __init__(self, output_size: int = 320, rotation_range: float = 10.0,
                  translation_range: tuple[float, float] = (0.1, 0.1), scaling_range: tuple[float, float] = (0.5, 1.5),
                  probability: float = 1.0, fill_value: int = 0, max_cached_images: int = 50, random_pop: bool = True,
-                 rng: np.random.Generator | None = None) -> None:
+                 crop: int | None = None, rng: np.random.Generator | None = None) -> None:
         super().__init__(rng)
+        self.crop = crop
         if max_cached_images < 1:
             raise ConfigError(f"Mosaic max_cached_images must be at least 1, got {max_cached_images}")
         self.resize = Resize(output_size)
@@ -92,6 +97,9 @@ class Mosaic(Transform):
 
         h, w = canvas.shape[:2]
         matrix = self._affine(h, w, rng)
+        if self.crop is not None:  # the window of the transformed canvas that is kept
+            matrix[:, 2] -= (round(rng.uniform(0, max(0, w - self.crop))), round(rng.uniform(0, max(0, h - self.crop))))
+            h, w = self.crop, self.crop
         fill = (self.fill_value,) * 3
         canvas = cv2.warpAffine(canvas, matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=fill)
         b = merged["boxes"]  # N,4
@@ -192,12 +200,6 @@ def multiscale_sizes(base_size: int, base_size_repeat: int) -> list[int]:
     return [low + k * 32 for k in range(steps)] + [base_size] * base_size_repeat + [high - k * 32 for k in range(steps)]
 
 
-def _scaled(epoch: int, factor: float) -> int:
-    """An epoch number of the recipe in a run `factor` times as long: rounded half up, and a boundary that is
-    not 0 in the recipe stays at least 1 so no phase disappears."""
-    return 0 if epoch == 0 else max(1, int(np.floor(epoch * factor + 0.5)))
-
-
 @dataclass(frozen=True)
 class EpochAugmentations:
     """Which augmentations run in one epoch."""
@@ -226,19 +228,19 @@ class AugmentationPolicy:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {epochs}")
         factor = self.epochs / recipe.epochs
-        self.aug_end = self.epochs - _scaled(recipe.no_aug_epoch, factor)  # first epoch of the no-aug tail
+        self.aug_end = self.epochs - scale_epoch(recipe.no_aug_epoch, factor)  # first epoch of the no-aug tail
 
         def window(start: int, end: int) -> tuple[int, int]:
             if start >= end:
                 return 0, 0
-            return _scaled(start, factor), min(_scaled(end, factor), self.aug_end)
+            return scale_epoch(start, factor), min(scale_epoch(end, factor), self.aug_end)
 
         p0, p1, p2 = recipe.aug_policy_epochs
         self.mosaic_epochs = window(p0, p1) if recipe.mosaic_prob > 0 else (0, 0)
         self.photometric_epochs = window(p0, p2)
         self.mixup_epochs = window(*recipe.mixup_epochs) if recipe.mixup_prob > 0 else (0, 0)
         self.copyblend_epochs = window(*recipe.copyblend_epochs) if recipe.copyblend_prob > 0 else (0, 0)
-        self.stop_epoch = min(_scaled(recipe.stop_epoch, factor), self.aug_end)
+        self.stop_epoch = min(scale_epoch(recipe.stop_epoch, factor), self.aug_end)
 
     def at(self, epoch: int) -> EpochAugmentations:
         """The augmentations active in `epoch` (0-based)."""
@@ -277,9 +279,10 @@ class TrainPipeline:
     def __init__(self, policy: AugmentationPolicy, size: tuple[int, int]) -> None:
         r = policy.recipe
         self.policy = policy
-        self.mosaic = Mosaic(output_size=r.mosaic_output_size, rotation_range=10, fill_value=0)
+        self.mosaic = Mosaic(output_size=r.mosaic_output_size, rotation_range=10, fill_value=0,
+                             crop=r.mosaic_output_size if r.mosaic_keeps_scale else None)
         self.photometric = RandomPhotometricDistort(p=0.5)
-        self.zoom_crop = Compose([RandomZoomOut(fill=0), RandomIoUCrop(p=0.8)])
+        self.zoom_crop = Compose([RandomZoomOut(fill=0, side_range=(1.0, r.zoom_out_max)), RandomIoUCrop(p=0.8)])
         self.tail = Compose([SanitizeBoundingBoxes(r.min_box_size), RandomHorizontalFlip(),
                              Resize(size), SanitizeBoundingBoxes(r.min_box_size)])
 

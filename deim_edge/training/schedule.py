@@ -68,6 +68,11 @@ class FlatCosineSchedule:
         for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_iter)):
             group["lr"] = lr
 
+    def seek(self, iteration: int) -> None:
+        """Move to `iteration` (a schedule rebuilt for a new run length goes on from where the old one was)."""
+        self.last_iter = int(iteration)
+        self._apply()
+
     def step(self) -> None:
         """Move to the next iteration."""
         self.last_iter += 1

@@ -24,17 +24,19 @@ from torch.utils.data import DataLoader, Dataset
 from ..accuracy import METRICS
 from ..errors import ConfigError, DeimEdgeError
 from ..fileio import atomic_path
-from ..models import build_model, read_state_dict, save_checkpoint
+from ..models import build_model, load_pretrained_backbone, read_state_dict, save_checkpoint
 from ..models.checkpoint import SIZE_DEPENDENT
 from ..progress import Progress, warn
-from ..variants import TrainRecipe, get_variant
+from ..variants import get_variant
 from .collate import Collate
 from .criterion import DEIMLoss
+from .data_check import DataStats, report, write_histogram
 from .data.coco import CocoDetection
 from .dense_o2o import AugmentationPolicy, TrainPipeline
 from .distributed import convert_sync_batchnorm, rank_order, setup
 from .ema import ModelEMA
 from .evaluate import evaluate
+from .fitted_recipe import fit_recipe
 from .optim import build_optimizer
 from .schedule import FlatCosineSchedule
 
@@ -50,7 +52,7 @@ class TrainConfig:
     val_images: str | None = None
     val_json: str | None = None
     variant: str = "deimv2-atto"
-    epochs: int | None = None  # default: the recipe's
+    epochs: int | None = None  # default: the recipe's, or what fits time_minutes
     batch_size: int = 8
     imgsz: int | None = None  # default: the variant's input size
     lr_scale: float = 1.0  # multiplies lr and backbone_lr (the official code does not scale with batch)
@@ -64,6 +66,7 @@ class TrainConfig:
     init_from: str | None = None
     progress: bool = True
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
+    time_minutes: float | None = None  # a budget: the schedule is fitted into it and training stops at it
 
 
 class EpochSamples(Dataset):
@@ -94,9 +97,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def init_from(model: nn.Module, source: str) -> dict[str, int]:
     """Copy every tensor of checkpoint `source` (EMA weights when present) whose name and shape match
-    into `model`; returns the counts {'loaded', 'shape_mismatch', 'missing', 'unexpected'}."""
+    into `model`; returns the counts {'loaded', 'shape_mismatch', 'missing', 'unexpected'}.
+
+    `source` may be a full detector checkpoint of any variant and class count (official COCO ones included:
+    the class-dependent head tensors differ in shape and stay freshly initialized) or a bare backbone file
+    such as D-FINE's ImageNet PPHGNetV2_B0_stage1.pth (keys without the 'backbone.' prefix)."""
     state = read_state_dict(source)
     own = model.state_dict()
+    if not any(k in own for k in state):  # no detector tensor: a backbone on its own (HGNetv2, DINOv3, ViT-Tiny)
+        report = load_pretrained_backbone(model, source, min_fraction=0.3)  # pruned HGNetv2s share part of B0
+        return {"loaded": len(report.loaded), "shape_mismatch": len(report.skipped_shape),
+                "missing": len(own) - len(report.loaded), "unexpected": len(report.unexpected)}
     fits = {k: v for k, v in state.items() if k in own and k not in SIZE_DEPENDENT and v.shape == own[k].shape}
     model.load_state_dict(fits, strict=False)
     return {"loaded": len(fits),
@@ -122,6 +133,7 @@ class Trainer:
     """`Trainer(config).fit()`: trains, evaluates, writes out/{last,best}.pth, log.txt and curves.png."""
 
     def __init__(self, config: TrainConfig) -> None:
+        self.started = time.perf_counter()  # the clock of a time budget
         c = self.config = config
         self.variant = get_variant(c.variant)
         self.out = Path(c.out)
@@ -132,6 +144,10 @@ class Trainer:
         self.amp = bool(c.amp) and self.device.type == "cuda"
         if c.batch_size < 1 or c.eval_every < 1 or c.lr_scale <= 0:
             raise ConfigError("batch_size and eval_every must be at least 1 and lr_scale positive")
+        if c.epochs is not None and c.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {c.epochs}")
+        if c.time_minutes is not None and not c.time_minutes > 0:
+            raise ConfigError(f"the time budget must be a positive number of minutes, got {c.time_minutes}")
         if c.resume and c.init_from:
             raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
         size = c.imgsz or self.variant.input_size
@@ -147,16 +163,9 @@ class Trainer:
             if self.val_set.category_ids != self.train_set.category_ids:
                 raise ConfigError("the validation JSON lists other categories than the training JSON; both "
                                   "need the same 'categories'")
+        self.stats = DataStats.of(self.train_set, size)
+        self._write_check()
 
-        base = self.variant.recipe
-        self.epochs = c.epochs or base.epochs
-        self.recipe: TrainRecipe = dataclasses.replace(
-            base, lr=base.lr * c.lr_scale, backbone_lr=base.backbone_lr * c.lr_scale,
-            mosaic_output_size=max(32, round(base.mosaic_output_size * size / self.variant.input_size)))
-        self.policy = AugmentationPolicy(self.recipe, self.epochs)
-        self.samples = EpochSamples(self.train_set, TrainPipeline(self.policy, (size, size)), c.seed)
-        norm = None if self.variant.mean is None else (self.variant.mean, self.variant.std)
-        self.collate = Collate(self.policy, norm, base_size=size, seed=c.seed)
         if self.dist.enabled:
             rank_order([], c.batch_size, self.dist)  # ConfigError now unless --batch splits evenly
         if self.dist.enabled and len(self.train_set) < c.batch_size:
@@ -164,6 +173,13 @@ class Trainer:
         self.drop_last = len(self.train_set) >= c.batch_size
         self.iters_per_epoch = (len(self.train_set) // c.batch_size if self.drop_last
                                 else math.ceil(len(self.train_set) / c.batch_size))
+        self.epochs = c.epochs or self.variant.recipe.epochs  # with a time budget: provisional, refitted below
+        self.recipe, recipe_lines = fit_recipe(self.variant, self.stats, c.batch_size, self.epochs,
+                                               self.iters_per_epoch, c.lr_scale)
+        self.policy = AugmentationPolicy(self.recipe, self.epochs)
+        self.samples = EpochSamples(self.train_set, TrainPipeline(self.policy, (size, size)), c.seed)
+        norm = None if self.variant.mean is None else (self.variant.mean, self.variant.std)
+        self.collate = Collate(self.policy, norm, base_size=size, seed=c.seed)
 
         torch.manual_seed(c.seed)
         self.model = build_model(self.variant, num_classes=self.train_set.num_classes, input_size=size)
@@ -185,8 +201,74 @@ class Trainer:
         self.ema = ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmups)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch, self.best_ap, self.history = 0, -1.0, []
+        self.budget_s = None if c.time_minutes is None else 60.0 * c.time_minutes
         if c.resume:
             self._resume(c.resume)
+        elif self.budget_s is not None and c.epochs is None:
+            recipe_lines = self.refit(self._epochs_in_budget(self._probe_epoch_seconds()), warmup_iters=None)
+        for line in recipe_lines:
+            self.log(line)
+
+    def _write_check(self) -> None:
+        """Print the dataset check and save it (dataset.txt, dataset.png) beside the run."""
+        lines = report(self.stats, self.variant)
+        for line in lines:
+            self.log(line)
+        if not self.dist.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.out / "dataset.txt") as tmp:
+            Path(tmp).write_text("\n".join(lines) + "\n")
+        if _has_matplotlib():
+            write_histogram(self.stats, self.variant, self.out / "dataset.png")
+
+    def refit(self, epochs: int, warmup_iters: int | None) -> list[str]:
+        """Fit the recipe, augmentation policy, schedule and EMA to a run of `epochs` epochs, keeping the
+        iterations done so far (and the warm-up, when given); returns the recipe's lines."""
+        self.epochs = max(1, int(epochs))
+        self.recipe, lines = fit_recipe(self.variant, self.stats, self.config.batch_size, self.epochs,
+                                        self.iters_per_epoch, self.config.lr_scale, warmup_iters)
+        self.policy = AugmentationPolicy(self.recipe, self.epochs)
+        self.samples.pipeline.policy = self.collate.policy = self.policy
+        self.criterion.matcher.change_epoch = self.recipe.matcher_change_epoch
+        done = self.schedule.last_iter
+        self.schedule = FlatCosineSchedule(self.optimizer, self.recipe, self.iters_per_epoch, self.epochs)
+        self.schedule.seek(done)
+        self.ema.decay, self.ema.warmups = self.recipe.ema_decay, self.recipe.ema_warmups
+        return lines
+
+    def _probe_epoch_seconds(self) -> float:
+        """Seconds one epoch will take, from two forward/backward passes on a first batch (the weights, the
+        optimizer and the data pipeline are left as they were)."""
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.samples.set_epoch(0)
+        self.collate.set_epoch(0)
+        start = time.perf_counter()
+        batch = [self.samples[i] for i in range(min(self.config.batch_size, len(self.samples)))]
+        images, targets = self.collate(batch)
+        load_s = time.perf_counter() - start
+        images, targets = images.to(self.device), _to_device(targets, self.device)
+        steps = []
+        for _ in range(2):
+            start = time.perf_counter()
+            with torch.autocast(self.device.type, enabled=self.amp):
+                terms = self.criterion(self.net(images, targets), targets, 0)
+            sum(terms.values()).backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            steps.append(time.perf_counter() - start)
+        self.model.load_state_dict(state)
+        self.samples.set_epoch(0)
+        step_s = min(steps) * 1.15 + load_s / max(1, self.config.workers)  # + optimizer, EMA and log overhead
+        return self.iters_per_epoch * step_s
+
+    def _epochs_in_budget(self, epoch_s: float, eval_s: float | None = None) -> int:
+        """Epochs that fit in what is left of the time budget at `epoch_s` seconds an epoch (plus the
+        evaluations: measured, or guessed at a fifth of an epoch when there is a validation set)."""
+        if eval_s is None:
+            eval_s = 0.2 * epoch_s if self.val_set is not None else 0.0
+        left = self.budget_s - (time.perf_counter() - self.started)
+        per_epoch = epoch_s + eval_s / self.config.eval_every
+        return self.start_epoch + max(1, int(left / per_epoch))
 
     def _resume(self, path: str) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
@@ -194,6 +276,8 @@ class Trainer:
             raise ConfigError(f"{path} is a {ckpt.get('variant')} checkpoint with {ckpt.get('num_classes')} classes; "
                               f"this run is {self.variant.name} with {self.train_set.num_classes}: resume with the "
                               "same variant and data, or use --init-from")
+        if self.config.epochs is None and ckpt.get("epochs", self.epochs) != self.epochs:  # a run fitted to a budget
+            self.refit(int(ckpt["epochs"]), warmup_iters=int(ckpt["lr_scheduler"]["warmup"]))
         if ckpt["lr_scheduler"]["total"] != self.schedule.total:
             raise ConfigError(f"{path} was trained with another epochs x batch schedule; resume with the same "
                               "--epochs and --batch, or use --init-from")
@@ -215,16 +299,22 @@ class Trainer:
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train the epochs left (or up to epoch `until`, exclusive, e.g. to stop early); returns the
-        per-epoch log records."""
+        per-epoch log records. With a time budget, stops before an epoch that would not end inside it."""
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        for epoch in range(self.start_epoch, self.epochs if until is None else min(until, self.epochs)):
+        epoch = self.start_epoch
+        while epoch < (self.epochs if until is None else min(until, self.epochs)):
+            if self._out_of_time():
+                self.log(f"time budget of {self.config.time_minutes:g} min reached after {epoch} epochs; "
+                         f"best.pth holds the best validated epoch")
+                break
             start = time.perf_counter()
             record = {"epoch": epoch, **self.train_one_epoch(epoch)}
+            record["train_s"] = round(time.perf_counter() - start, 3)
             last = epoch == self.epochs - 1
             if not self.dist.main:  # the main process evaluates and writes; the others go on and wait for it
                 self.history.append(record)
-                self.start_epoch = epoch + 1
+                self.start_epoch = epoch = epoch + 1
                 continue
             if self.val_set is not None and ((epoch + 1) % self.config.eval_every == 0 or last):
                 record.update(evaluate(self.ema.module, self.val_set, self.config.batch_size, self.size,
@@ -239,7 +329,27 @@ class Trainer:
             self.log(f"epoch {epoch + 1}/{self.epochs}: loss {record['loss']:.3f}{ap}, {record['time_s']:.0f} s")
             if _has_matplotlib():
                 write_curves(self.history, self.out / "curves.png")
+            epoch += 1
+            self._refit_to_budget(epoch)
         return self.history
+
+    def _out_of_time(self) -> bool:
+        """Whether the next epoch's training would end past the time budget (at the pace measured so far)."""
+        timed = [r["train_s"] for r in self.history if "train_s" in r]
+        if self.budget_s is None or not timed:
+            return False
+        return time.perf_counter() - self.started + float(np.median(timed[-5:])) > self.budget_s
+
+    def _refit_to_budget(self, next_epoch: int) -> None:
+        """While the learning rate is still flat, refit the run's length to the pace measured so far (the
+        epochs given, or a resumed run, are never refitted)."""
+        if self.budget_s is None or self.config.epochs is not None or next_epoch >= self.recipe.flat_epoch:
+            return
+        timed = [r["train_s"] for r in self.history if "train_s" in r]
+        evals = [r["time_s"] - r["train_s"] for r in self.history if "AP" in r and "train_s" in r]
+        epochs = self._epochs_in_budget(float(np.median(timed[-5:])), float(np.median(evals[-5:])) if evals else 0.0)
+        if epochs != self.epochs:
+            self.refit(epochs, warmup_iters=self.schedule.warmup)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training set; returns the mean losses, the last lr and images/s."""
@@ -317,7 +427,7 @@ class Trainer:
         if improved:
             self.best_ap = metrics["AP"]
         extra = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.schedule.state_dict(),
-                 "epoch": epoch, "variant": self.variant.name, "num_classes": self.train_set.num_classes,
+                 "epoch": epoch, "epochs": self.epochs, "variant": self.variant.name, "num_classes": self.train_set.num_classes,
                  "class_names": list(self.train_set.class_names), "input_size": [self.size, self.size],
                  "metrics": metrics, "args": _plain(dataclasses.asdict(self.config)), "best_ap": self.best_ap,
                  "history": _plain(self.history)}

@@ -241,6 +241,10 @@ class CocoDetection:
         raise ConfigError(f"{self.annotations_json}: no usable image in {self.images_dir}.\n{self.report()}\n"
                           "Check that images_dir is the folder the JSON's 'file_name' entries are relative to.")
 
+    def records(self) -> list[dict]:
+        """The kept images' records ({'id', 'path', 'size' (h, w) or None, 'boxes' x1y1x2y2, 'labels'}), read only."""
+        return self._records
+
     def report(self) -> str:
         """What was dropped, clipped or converted so far, with counts (one line per reason)."""
         lines = [f"{len(self._records)} images, {sum(len(r['labels']) for r in self._records)} boxes, "
