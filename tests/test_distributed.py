@@ -52,11 +52,14 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     one = _train([], False, tmp_path / "one", data)
     two = _train(["--sync-bn"], True, tmp_path / "two", data)
     assert one["lr_scheduler"] == two["lr_scheduler"] and one["ema"]["updates"] == two["ema"]["updates"] == 3
-    # the mean loss of the 3 steps: steps 2 and 3 run on the updated weights, so it checks the whole path
-    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=1e-5)
-    # Adam turns rounding-level differences of near-zero gradients (the processes sum in another order)
-    # into steps of up to +-lr; measured: mean 5e-5, max 4.7e-3 at lr 6e-3. A wrong split or unaveraged
-    # gradients move the weights by whole steps everywhere.
+    # the mean loss of the 3 steps: steps 2 and 3 run on the updated weights, so it checks the whole path.
+    # Channels-last convolutions pick their kernels by batch size (2 per process against 4 in one), which
+    # moves the loss by ~3e-4 of itself (1e-5 with the default layout); a wrong split moves it by whole percent.
+    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=2e-3)
+    # Adam turns rounding-level differences of near-zero gradients (the processes sum in another order, and
+    # pick other channels-last kernels for their smaller batch) into steps of up to +-lr; measured: mean
+    # 2e-4 (5e-5 with the default layout), max under lr at lr 6e-3. A wrong split or unaveraged gradients
+    # move the weights by whole steps everywhere.
     lr = max(one["lr_scheduler"]["base_lrs"])
     a, b = (torch.cat([c["model"][k].float().flatten() for k in one["model"]]) for c in (one, two))
-    assert (a - b).abs().mean() < 0.02 * lr and (a - b).abs().max() < 2 * lr
+    assert (a - b).abs().mean() < 0.1 * lr and (a - b).abs().max() < 2 * lr
