@@ -37,11 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                "scales to it)")
     p.add_argument("--time", type=float, metavar="MINUTES",
                    help="a time budget: the schedule is fitted into it, training stops at it with best.pth")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, help="default: 8, or 4 for a set under 80 images (ten steps an epoch)")
     p.add_argument("--imgsz", type=int, help="square training size, a multiple of 32 (default: the variant's)")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 on CUDA; bfloat16 on CPUs with AVX512-BF16/AMX (~1.4x faster)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train", help="folder for last.pth, best.pth, log.txt, curves.png")

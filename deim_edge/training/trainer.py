@@ -53,11 +53,11 @@ class TrainConfig:
     val_json: str | None = None
     variant: str = "deimv2-atto"
     epochs: int | None = None  # default: the recipe's, or what fits time_minutes
-    batch_size: int = 8
+    batch_size: int | None = None  # default: 8, or 4 for a set under 80 images (at least ten steps an epoch)
     imgsz: int | None = None  # default: the variant's input size
     lr_scale: float = 1.0  # multiplies lr and backbone_lr (the official code does not scale with batch)
     device: str = "cpu"
-    amp: bool = False  # CUDA only
+    amp: bool = False  # CUDA: float16 with loss scaling; CPU: bfloat16 where the CPU computes it natively
     workers: int = 0
     seed: int = 0
     out: str = "runs/train"
@@ -141,8 +141,12 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
-        self.amp = bool(c.amp) and self.device.type == "cuda"
-        if c.batch_size < 1 or c.eval_every < 1 or c.lr_scale <= 0:
+        self.amp = bool(c.amp)
+        if self.amp and self.device.type == "cpu" and not _native_bf16():
+            raise ConfigError("--amp on a CPU trains in bfloat16, which this CPU has no instructions for (it needs "
+                              "AVX512-BF16 or AMX, see /proc/cpuinfo); train without --amp")
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        if c.batch_size is not None and c.batch_size < 1 or c.eval_every < 1 or c.lr_scale <= 0:
             raise ConfigError("batch_size and eval_every must be at least 1 and lr_scale positive")
         if c.epochs is not None and c.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {c.epochs}")
@@ -165,6 +169,8 @@ class Trainer:
                                   "need the same 'categories'")
         self.stats = DataStats.of(self.train_set, size)
         self._write_check()
+        if c.batch_size is None:  # small sets: at least ten steps an epoch
+            c.batch_size = 8 if len(self.train_set) >= 80 else 4
 
         if self.dist.enabled:
             rank_order([], c.batch_size, self.dist)  # ConfigError now unless --batch splits evenly
@@ -200,7 +206,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.variant, self.recipe)
         self.schedule = FlatCosineSchedule(self.optimizer, self.recipe, self.iters_per_epoch, self.epochs)
         self.ema = ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmups)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.start_epoch, self.best_ap, self.history = 0, -1.0, []
         self.budget_s = None if c.time_minutes is None else 60.0 * c.time_minutes
         if c.resume:
@@ -253,8 +259,9 @@ class Trainer:
         steps = []
         for _ in range(2):
             start = time.perf_counter()
-            with torch.autocast(self.device.type, enabled=self.amp):
-                terms = self.criterion(self.net(images, targets), targets, 0)
+            with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp):
+                outputs = self.net(images, targets)
+            terms = self.criterion(_float32(outputs), targets, 0)
             sum(terms.values()).backward()
             self.optimizer.zero_grad(set_to_none=True)
             steps.append(time.perf_counter() - start)
@@ -391,10 +398,9 @@ class Trainer:
         """Forward, loss, backward, clip, step, EMA update, schedule step; returns the loss terms."""
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)  # [B,3,H,W]
         targets = _to_device(targets, self.device)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp):
             outputs = self.net(images, targets)
-        with torch.autocast(self.device.type, enabled=False):
-            terms = self.criterion(outputs, targets, epoch)
+        terms = self.criterion(_float32(outputs), targets, epoch)  # the loss and matching in float32
         loss = sum(terms.values())
         if not self._finite_everywhere(loss):
             raise DeimEdgeError(f"the training loss is {loss.item()} at epoch {epoch}; lower --lr-scale, try "
@@ -433,11 +439,29 @@ class Trainer:
                  "class_names": list(self.train_set.class_names), "input_size": [self.size, self.size],
                  "metrics": metrics, "args": _plain(dataclasses.asdict(self.config)), "best_ap": self.best_ap,
                  "history": _plain(self.history)}
-        if self.amp:
+        if self.scaler.is_enabled():
             extra["scaler"] = self.scaler.state_dict()
         save_checkpoint(self.out / "last.pth", self.model, self.ema.module, ema_updates=self.ema.updates, **extra)
         if improved:
             save_checkpoint(self.out / "best.pth", self.model, self.ema.module, ema_updates=self.ema.updates, **extra)
+
+
+def _float32(obj: Any) -> Any:
+    """The model's output dict with every half-precision tensor as float32 (lists and dicts walked)."""
+    if isinstance(obj, Tensor):
+        return obj.float() if obj.dtype in (torch.float16, torch.bfloat16) else obj
+    if isinstance(obj, dict):
+        return {k: _float32(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float32(v) for v in obj)
+    return obj
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16, AMX-BF16, or Arm's BF16)."""
+    from ..bench.device import cpu_facts
+
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(cpu_facts()["isa"]))
 
 
 def _has_matplotlib() -> bool:
