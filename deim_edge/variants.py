@@ -133,6 +133,7 @@ class TrainRecipe:
     copyblend_expand_ratios: tuple[float, float] = (0.1, 0.25)
     zoom_out_max: float = 4.0  # RandomZoomOut's largest canvas side, as torchvision's default
     mosaic_keeps_scale: bool = False  # a window of the mosaic is kept instead of the whole, shrunk (small objects)
+    brightness: tuple[float, float] = (0.875, 1.125)  # RandomPhotometricDistort's factor range (torchvision's)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ policy and the schedule scale by 1) and a line per decision, printed at the star
   further: zoom-out is limited to that, and a mosaic that would shrink objects below it (the recipe's halves
   every tile) keeps full-size tiles and crops a window instead; mosaic runs with p >= 0.5 (more objects per
   image: DEIM's dense one-to-one matching);
+- on a small set, brightness varies x0.6..1.4 (the recipe: x0.875..1.125; YOLO's default: +-40%): trained on
+  one site, Atto found half as many trees as YOLO11n on another place of it, twice as bright;
 - the minimum box size after augmentation drops to half the data's 5th-percentile short side.
 On COCO-sized data with the recipe's batch and epochs every rule leaves the official recipe as it is.
 """
@@ -88,6 +90,11 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     min_box = int(max(1, min(base.min_box_size, np.floor(short / 2))))
     lines.append(f"  boxes under {min_box} px dropped after augmentation (recipe: {base.min_box_size})")
 
+    brightness = base.brightness
+    if stats.images < SMALL_SET:
+        brightness = (min(brightness[0], 0.6), max(brightness[1], 1.4))
+        lines.append(f"  brightness x{brightness[0]:g}..{brightness[1]:g} (the recipe: x{base.brightness[0]:g}.."
+                     f"{base.brightness[1]:g}): a few images show a few lighting conditions")
     p0, p1, p2 = (scale_epoch(e, f) for e in base.aug_policy_epochs)
     if stats.images < SMALL_SET:
         p2 = max(p2, epochs - no_aug)
@@ -101,5 +108,5 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
         copyblend_epochs=tuple(scale_epoch(e, f) for e in base.copyblend_epochs),
         stop_epoch=scale_epoch(base.stop_epoch, f), matcher_change_epoch=scale_epoch(base.matcher_change_epoch, f),
         ema_decay=ema_decay, ema_warmups=ema_warmups, mosaic_prob=mosaic_prob, zoom_out_max=zoom_out_max,
-        min_box_size=min_box, mosaic_output_size=mosaic_size, mosaic_keeps_scale=keeps_scale)
+        min_box_size=min_box, mosaic_output_size=mosaic_size, mosaic_keeps_scale=keeps_scale, brightness=brightness)
     return recipe, lines

@@ -154,6 +154,8 @@ class Trainer:
             raise ConfigError(f"the time budget must be a positive number of minutes, got {c.time_minutes}")
         if c.resume and c.init_from:
             raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
+        if c.time_minutes is not None and self.dist.enabled:  # each process would time itself and fit its own plan
+            raise ConfigError("--time is for one process; under torchrun give --epochs")
         size = c.imgsz or self.variant.input_size
         if size % 32:
             raise ConfigError(f"imgsz must be a multiple of 32, got {size}")
