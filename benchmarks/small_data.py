@@ -31,7 +31,6 @@ import zipfile
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 WHEEL = "deepforest==2.1.0"
 TRAIN_ROWS = 1920  # of the Yellowstone crop2 image: the tiles above train, the band below is held out

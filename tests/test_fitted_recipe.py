@@ -83,3 +83,17 @@ def test_a_larger_batch_scales_the_learning_rate_up(tmp_path):
     stats = DataStats.of(make_set(tmp_path, [[200]]), 640)
     recipe, _ = fit_recipe(variant, stats, batch=128, epochs=10, iters_per_epoch=5, lr_scale=0.5)
     assert recipe.lr == pytest.approx(variant.recipe.lr * 2 * 0.5)  # sqrt(128 / 32), times lr-scale
+
+
+def test_the_time_budget_counts_epochs_at_the_recent_pace():
+    from deim_edge.training.budget import TimeBudget, pace
+
+    history = [{"train_s": 50.0, "time_s": 52.0}, {"train_s": 9.0, "time_s": 10.0, "AP": 0.1},
+               {"train_s": 11.0, "time_s": 13.0, "AP": 0.2}, {"train_s": 10.0, "time_s": 10.0}]
+    assert pace([]) == (None, 0.0) and pace(history) == (10.5, 1.5)  # medians: the slow first epoch is outvoted
+    budget = TimeBudget(1.0)  # 60 s from now
+    assert budget.epochs_that_fit(3, 10.0, 2.0) == 3 + 4  # 4 more of 12 s fit in ~59.99 s
+    assert budget.epochs_that_fit(3, 100.0, 0.0) == 4  # always at least one more
+    assert budget.fits_another(history) and budget.fits_another([])
+    budget.seconds = 5.0
+    assert not budget.fits_another(history)

@@ -280,7 +280,7 @@ def test_coreml_int8_has_int8_weights_outside_the_decoder(tmp_path, val_data):
 
 
 def test_recipes_keep_the_decoder_float_and_naive_does_not():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import helper
 
     from deim_edge.calibration.recipe import layer_of, make_plan

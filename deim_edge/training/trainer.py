@@ -36,6 +36,7 @@ from .dense_o2o import AugmentationPolicy, TrainPipeline
 from .distributed import convert_sync_batchnorm, rank_order, setup
 from .ema import ModelEMA
 from .evaluate import evaluate
+from .budget import TimeBudget, pace
 from .fitted_recipe import fit_recipe
 from .optim import build_optimizer
 from .schedule import FlatCosineSchedule
@@ -133,8 +134,8 @@ class Trainer:
     """`Trainer(config).fit()`: trains, evaluates, writes out/{last,best}.pth, log.txt and curves.png."""
 
     def __init__(self, config: TrainConfig) -> None:
-        self.started = time.perf_counter()  # the clock of a time budget
         c = self.config = config
+        self.budget = None if c.time_minutes is None else TimeBudget(c.time_minutes)  # its clock starts now
         self.variant = get_variant(c.variant)
         self.out = Path(c.out)
         self.dist, device = setup(c.device)  # one process, or this one of torchrun's
@@ -210,11 +211,13 @@ class Trainer:
         self.ema = ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmups)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.start_epoch, self.best_ap, self.history = 0, -1.0, []
-        self.budget_s = None if c.time_minutes is None else 60.0 * c.time_minutes
         if c.resume:
             self._resume(c.resume)
-        elif self.budget_s is not None and c.epochs is None:
-            recipe_lines = self.refit(self._epochs_in_budget(self._probe_epoch_seconds()), warmup_iters=None)
+        elif self.budget is not None and c.epochs is None:
+            epoch_s = self._probe_epoch_seconds()
+            eval_s = 0.2 * epoch_s if self.val_set is not None else 0.0  # a guess until the first evaluation
+            epochs = self.budget.epochs_that_fit(0, epoch_s, eval_s / c.eval_every)
+            recipe_lines = self.refit(epochs, warmup_iters=None)
         for line in recipe_lines:
             self.log(line)
 
@@ -272,15 +275,6 @@ class Trainer:
         step_s = min(steps) * 1.15 + load_s / max(1, self.config.workers)  # + optimizer, EMA and log overhead
         return self.iters_per_epoch * step_s
 
-    def _epochs_in_budget(self, epoch_s: float, eval_s: float | None = None) -> int:
-        """Epochs that fit in what is left of the time budget at `epoch_s` seconds an epoch (plus the
-        evaluations: measured, or guessed at a fifth of an epoch when there is a validation set)."""
-        if eval_s is None:
-            eval_s = 0.2 * epoch_s if self.val_set is not None else 0.0
-        left = self.budget_s - (time.perf_counter() - self.started)
-        per_epoch = epoch_s + eval_s / self.config.eval_every
-        return self.start_epoch + max(1, int(left / per_epoch))
-
     def _resume(self, path: str) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
         if ckpt.get("variant") != self.variant.name or ckpt.get("num_classes") != self.train_set.num_classes:
@@ -315,7 +309,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         epoch = self.start_epoch
         while epoch < (self.epochs if until is None else min(until, self.epochs)):
-            if self._out_of_time():
+            if self.budget is not None and not self.budget.fits_another(self.history):
                 self.log(f"time budget of {self.config.time_minutes:g} min reached after {epoch} epochs; "
                          f"best.pth holds the best validated epoch")
                 break
@@ -344,21 +338,13 @@ class Trainer:
             self._refit_to_budget(epoch)
         return self.history
 
-    def _out_of_time(self) -> bool:
-        """Whether the next epoch's training would end past the time budget (at the pace measured so far)."""
-        timed = [r["train_s"] for r in self.history if "train_s" in r]
-        if self.budget_s is None or not timed:
-            return False
-        return time.perf_counter() - self.started + float(np.median(timed[-5:])) > self.budget_s
-
     def _refit_to_budget(self, next_epoch: int) -> None:
         """While the learning rate is still flat, refit the run's length to the pace measured so far (the
         epochs given, or a resumed run, are never refitted)."""
-        if self.budget_s is None or self.config.epochs is not None or next_epoch >= self.recipe.flat_epoch:
+        if self.budget is None or self.config.epochs is not None or next_epoch >= self.recipe.flat_epoch:
             return
-        timed = [r["train_s"] for r in self.history if "train_s" in r]
-        evals = [r["time_s"] - r["train_s"] for r in self.history if "AP" in r and "train_s" in r]
-        epochs = self._epochs_in_budget(float(np.median(timed[-5:])), float(np.median(evals[-5:])) if evals else 0.0)
+        epoch_s, eval_s = pace(self.history)
+        epochs = self.budget.epochs_that_fit(next_epoch, epoch_s, eval_s / self.config.eval_every)
         if epochs != self.epochs:
             self.refit(epochs, warmup_iters=self.schedule.warmup)
 
