@@ -42,11 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true",
-                   help="mixed precision: float16 on CUDA; bfloat16 on CPUs with AVX512-BF16/AMX (~1.4x faster)")
+                   help="mixed precision: float16 on CUDA; bfloat16 on CPUs with AVX512-BF16/AMX")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train", help="folder for last.pth, best.pth, log.txt, curves.png")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate the EMA model every N epochs")
+    p.add_argument("--eval-every", type=int, help="evaluate the EMA model every N epochs (default: every epoch in "
+                                                  "the last quarter of the run, every epochs/40 before)")
     p.add_argument("--resume", help="last.pth of an interrupted run: continue it")
     p.add_argument("--init-from", help="a checkpoint of any size or variant: start from its matching tensors")
     p.add_argument("--sync-bn", action="store_true",

@@ -1,5 +1,5 @@
 """Trainer: one process, CPU or one CUDA GPU -- the DEIM recipe of a variant scaled to the run's epochs,
-EMA evaluated on the validation set every epoch, best and last checkpoints in the official format.
+EMA evaluated on the validation set (every epoch near the end), best and last checkpoints in the official format.
 
 Randomness is keyed, never carried: the sample order of epoch e comes from default_rng([seed, e]), each
 sample's augmentation from default_rng([seed, e, index]), each batch's from the Collate's key, and torch's
@@ -62,7 +62,7 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     out: str = "runs/train"
-    eval_every: int = 1
+    eval_every: int | None = None  # default: every epoch in the last quarter, every epochs // 40 before
     resume: str | None = None
     init_from: str | None = None
     progress: bool = True
@@ -147,7 +147,8 @@ class Trainer:
             raise ConfigError("--amp on a CPU trains in bfloat16, which this CPU has no instructions for (it needs "
                               "AVX512-BF16 or AMX, see /proc/cpuinfo); train without --amp")
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        if c.batch_size is not None and c.batch_size < 1 or c.eval_every < 1 or c.lr_scale <= 0:
+        if c.batch_size is not None and c.batch_size < 1 or c.eval_every is not None and c.eval_every < 1 \
+                or c.lr_scale <= 0:
             raise ConfigError("batch_size and eval_every must be at least 1 and lr_scale positive")
         if c.epochs is not None and c.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {c.epochs}")
@@ -216,7 +217,7 @@ class Trainer:
         elif self.budget is not None and c.epochs is None:
             epoch_s = self._probe_epoch_seconds()
             eval_s = 0.2 * epoch_s if self.val_set is not None else 0.0  # a guess until the first evaluation
-            epochs = self.budget.epochs_that_fit(0, epoch_s, eval_s / c.eval_every)
+            epochs = self.budget.epochs_that_fit(0, epoch_s, eval_s * self._evaluated_share())
             recipe_lines = self.refit(epochs, warmup_iters=None)
         for line in recipe_lines:
             self.log(line)
@@ -316,12 +317,11 @@ class Trainer:
             start = time.perf_counter()
             record = {"epoch": epoch, **self.train_one_epoch(epoch)}
             record["train_s"] = round(time.perf_counter() - start, 3)
-            last = epoch == self.epochs - 1
             if not self.dist.main:  # the main process evaluates and writes; the others go on and wait for it
                 self.history.append(record)
                 self.start_epoch = epoch = epoch + 1
                 continue
-            if self.val_set is not None and ((epoch + 1) % self.config.eval_every == 0 or last):
+            if self.val_set is not None and self._evaluates(epoch):
                 record.update(evaluate(self.ema.module, self.val_set, self.config.batch_size, self.size,
                                        self.device))
             record["time_s"] = round(time.perf_counter() - start, 3)
@@ -338,13 +338,23 @@ class Trainer:
             self._refit_to_budget(epoch)
         return self.history
 
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether the EMA model is evaluated after `epoch`: every eval_every epochs and the last; by default
+        every epoch in the last quarter of the run (where the best epoch is) and every epochs // 40 before."""
+        every = self.config.eval_every or (1 if epoch >= 0.75 * self.epochs else max(1, self.epochs // 40))
+        return (epoch + 1) % every == 0 or epoch == self.epochs - 1
+
+    def _evaluated_share(self) -> float:
+        """The fraction of the planned epochs that are evaluated."""
+        return sum(map(self._evaluates, range(self.epochs))) / self.epochs
+
     def _refit_to_budget(self, next_epoch: int) -> None:
         """While the learning rate is still flat, refit the run's length to the pace measured so far (the
         epochs given, or a resumed run, are never refitted)."""
         if self.budget is None or self.config.epochs is not None or next_epoch >= self.recipe.flat_epoch:
             return
         epoch_s, eval_s = pace(self.history)
-        epochs = self.budget.epochs_that_fit(next_epoch, epoch_s, eval_s / self.config.eval_every)
+        epochs = self.budget.epochs_that_fit(next_epoch, epoch_s, eval_s * self._evaluated_share())
         if epochs != self.epochs:
             self.refit(epochs, warmup_iters=self.schedule.warmup)
 
