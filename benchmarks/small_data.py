@@ -145,8 +145,7 @@ def detections(checkpoint: Path, data: Path, out: Path) -> None:
     detector = Detector(str(checkpoint), conf=0.001, max_det=100)
     results = []
     for entry in gt["images"]:
-        image = cv2.cvtColor(cv2.imread(str(data / "val" / entry["file_name"])), cv2.COLOR_BGR2RGB)
-        results += detector(image).to_coco(entry["id"], category_ids=[1])
+        results += detector(str(data / "val" / entry["file_name"])).to_coco(entry["id"], category_ids=[1])
     out.write_text(json.dumps(results))
 
 
