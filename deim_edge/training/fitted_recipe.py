@@ -32,7 +32,7 @@ import numpy as np
 from ..variants import TrainRecipe, Variant
 from .data_check import DataStats, finest_stride
 
-SMALL_SET = 2000  # images; under this the no-augmentation tail is shortened
+SMALL_SET = 2000  # images; under this the small-set rules apply
 SHARE = 0.05  # the most of a run's iterations warm-up and the EMA horizon take
 
 
@@ -48,6 +48,7 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     base = variant.recipe
     f = epochs / base.epochs
     total = epochs * iters_per_epoch
+    small = stats.images < SMALL_SET
     lines = [f"recipe for {stats.images} images, batch {batch}, {epochs} epochs of {iters_per_epoch} iterations:"]
 
     lr_factor = max(1.0, math.sqrt(batch / base.total_batch_size)) * lr_scale
@@ -61,10 +62,10 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     lines.append(f"  warm-up {warmup_iters} iterations ({warmup_iters / total:.1%} of the run)")
 
     no_aug = scale_epoch(base.no_aug_epoch, f)
-    if stats.images < SMALL_SET:
+    if small:
         no_aug = min(no_aug, max(1, round(0.02 * epochs)))
     lines.append(f"  last {no_aug} epoch(s) without augmentation"
-                 + (f" (cut for a set under {SMALL_SET} images)" if stats.images < SMALL_SET else ""))
+                 + (f" (cut for a set under {SMALL_SET} images)" if small else ""))
 
     horizon = max(10.0, min(1.0 / (1.0 - base.ema_decay), SHARE * total))
     ema_decay = 1.0 - 1.0 / horizon
@@ -75,7 +76,7 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     mosaic_prob, zoom_out_max, mosaic_size = base.mosaic_prob, base.zoom_out_max, base.mosaic_output_size
     mosaic_size = max(32, round(mosaic_size * stats.size / variant.input_size))
     keeps_scale = False
-    if stats.images < SMALL_SET and stats.boxes:  # objects shrunk below two cells are lost to a short run
+    if small and stats.boxes:  # objects shrunk below two cells are lost to a short run
         zoom_out_max = float(np.clip(median / (2 * stride), 1.0, base.zoom_out_max))
         if median * mosaic_size / stats.size < 2 * stride:  # the recipe's mosaic would shrink them below that
             mosaic_size, keeps_scale = stats.size, True
@@ -91,12 +92,12 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     lines.append(f"  boxes under {min_box} px dropped after augmentation (recipe: {base.min_box_size})")
 
     brightness = base.brightness
-    if stats.images < SMALL_SET:
+    if small:
         brightness = (min(brightness[0], 0.6), max(brightness[1], 1.4))
         lines.append(f"  brightness x{brightness[0]:g}..{brightness[1]:g} (the recipe: x{base.brightness[0]:g}.."
                      f"{base.brightness[1]:g}): a few images show a few lighting conditions")
     p0, p1, p2 = (scale_epoch(e, f) for e in base.aug_policy_epochs)
-    if stats.images < SMALL_SET:
+    if small:
         p2 = max(p2, epochs - no_aug)
         lines.append(f"  photometric distortion, zoom-out and IoU crop until the last {no_aug} epoch(s) (the recipe "
                      f"stops them at {base.aug_policy_epochs[2] / base.epochs:.0%} of the run)")
