@@ -49,6 +49,21 @@ def cut_boxes(boxes: np.ndarray, x: int, y: int, w: int, h: int, min_visible: fl
     return kept, (visible > 0) & ~kept
 
 
+def _masked_tile(image: np.ndarray, boxes: np.ndarray, x: int, y: int, w: int, h: int, kept: np.ndarray,
+                 masked: np.ndarray) -> np.ndarray:
+    """The tile (x, y, w, h) of `image` with the masked boxes (in tile pixels) filled with its mean colour,
+    except where a kept box lies (overlapping objects keep their pixels)."""
+    tile = image[y:y + h, x:x + w].copy()
+    if not masked.any():
+        return tile
+    region = np.zeros((h, w), bool)
+    for flag, boxes_ in ((True, boxes[masked]), (False, boxes[kept])):
+        for x1, y1, x2, y2 in boxes_:
+            region[max(0, int(y1)):max(0, int(np.ceil(y2))), max(0, int(x1)):max(0, int(np.ceil(x2)))] = flag
+    tile[region] = tile.reshape(-1, 3).mean(0).astype(np.uint8)
+    return tile
+
+
 def tile_split(split: Split, out: Path, size: int, overlap: float = 0.2, min_visible: float = 0.5,
                keep_empty: bool = False, progress: bool = True) -> tuple[dict, collections.Counter]:
     """Write the tiles of one split's images under out/<split>/ and return (their COCO dict, counts)."""
@@ -86,11 +101,7 @@ def tile_split(split: Split, out: Path, size: int, overlap: float = 0.2, min_vis
                     if not kept.any() and not keep_empty:
                         counts["tiles_empty_skipped"] += 1
                         continue
-                    tile = image[y:y + th, x:x + tw].copy()
-                    fill = tile.reshape(-1, 3).mean(0).astype(np.uint8)
-                    for x1, y1, x2, y2 in boxes[masked]:
-                        tile[max(0, int(y1) - y):max(0, int(np.ceil(y2)) - y),
-                             max(0, int(x1) - x):max(0, int(np.ceil(x2)) - x)] = fill
+                    tile = _masked_tile(image, boxes - [x, y, x, y], x, y, tw, th, kept, masked)
                     name = f"{stem}_{x}_{y}.png"
                     with atomic_path(folder / name) as tmp:
                         if not cv2.imwrite(str(tmp), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR)):
