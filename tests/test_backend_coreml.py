@@ -43,7 +43,7 @@ RAW_SIZE = (256, 320)  # non-square: catches height/width swaps
 NAMES = [f"thing {i}, \"kind\" é" for i in range(80)]  # commas, quotes and accents survive the labels field
 # the ML program ops a DEIMv2 converts to; anything else (a custom layer, a new lowering) must be looked at
 KNOWN_OPS = {
-    "abs", "add", "avg_pool", "cast", "clip", "concat", "const", "conv", "expand_dims", "floor_div",
+    "abs", "add", "avg_pool", "cast", "clip", "concat", "const", "conv", "expand_dims", "floor_div", "gather",
     "gather_along_axis", "gelu", "layer_norm", "linear", "log", "matmul", "max_pool", "mul", "pad", "pow",
     "real_div", "reduce_max", "reduce_mean", "reduce_sum", "relu", "reshape", "resample", "rsqrt", "sigmoid",
     "sign", "silu", "slice_by_index", "softmax", "split", "squeeze", "stack", "sub", "tile", "topk", "transpose",
@@ -122,8 +122,8 @@ def test_program_ops_and_precision(topk_fp16: Path, raw_fp32: Path) -> None:
         types = collections.Counter(op.type for op in ops)
         assert set(types) <= KNOWN_OPS, f"unexpected ops: {set(types) - KNOWN_OPS}"
         assert types["resample"] == resamples(VARIANT)
-    assert {"topk", "gather_along_axis", "floor_div"} <= {op.type for op in fp16}  # the in-graph decode
-    assert output_dtypes(fp16, "floor_div") == {MIL_INT32}  # label / query index in integers, not float16
+    assert {"topk", "gather_along_axis", "gather"} <= {op.type for op in fp16}  # the in-graph decode
+    assert output_dtypes(fp16, "gather") == {MIL_INT32}  # label / query looked up in integer tables, not float16
     assert output_dtypes(fp16, "topk") == {MIL_FP16, MIL_INT32}
     assert output_dtypes(fp16, "conv") == output_dtypes(fp16, "resample") == {MIL_FP16}  # FP16 compute
     assert output_dtypes(fp32, "conv") == output_dtypes(fp32, "resample") == {MIL_FP32}
