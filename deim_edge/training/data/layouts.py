@@ -236,8 +236,8 @@ def _yolo_boxes(label_file: Path, width: int, height: int, num_classes: int) -> 
 
 def _yolo_splits(root: Path) -> dict[str, Split]:
     names, config = _yolo_names(root)
-    base = root / str(config.get("path", "")) if config.get("path") and not Path(str(config["path"])).is_absolute() \
-        else Path(str(config.get("path") or root))
+    path = config.get("path")
+    base = root if not path else Path(str(path)) if Path(str(path)).is_absolute() else root / str(path)
     folders = {}
     for name in SPLIT_NAMES:
         if isinstance(config.get(name), str):
