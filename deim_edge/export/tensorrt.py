@@ -117,8 +117,12 @@ def int32_indices(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         op = node.op_type
         hits = [i for i, x in enumerate(node.input) if x in int32]
         if hits:
-            if op in INDEX_INPUTS and hits == [INDEX_INPUTS[op]]:
-                pass  # int32 indices are valid gather indices
+            if op in INDEX_INPUTS and hits == [INDEX_INPUTS[op]]:  # int32 indices are valid gather indices
+                table = node.input[0]  # an int64 lookup table (the decode's query of each index) becomes int32
+                known = constant_int32(table) if table in initializers or table in constants else None
+                if known:
+                    node.input[0] = known
+                    int32.add(node.output[0])
             elif (op in SHAPE_OPS or op in INDEX_INPUTS) and hits == [0]:
                 int32.add(node.output[0])  # the data moves, its type stays
             elif op == "Cast":
