@@ -47,7 +47,13 @@ class DataStats:
     def of(cls, dataset: CocoDetection, size: int) -> "DataStats":
         sides, shorts, per_image, dup, per_class = [], [], [], 0, np.zeros(dataset.num_classes, np.int64)
         for record in dataset.records():
-            h, w = record["size"] or read_image(record["path"])[0].shape[:2]  # sizes missing from the JSON
+            hw = record["size"]
+            if hw is None:  # missing from the JSON: decode the image
+                image = read_image(record["path"])[0]
+                if image is None:
+                    continue  # unreadable: CocoDetection skips it when training too
+                hw = image.shape[:2]
+            h, w = hw
             boxes = np.asarray(record["boxes"], np.float64).reshape(-1, 4)
             labels = np.asarray(record["labels"], np.int64)
             scaled = boxes * np.array([size / w, size / h, size / w, size / h])

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 
 from ...errors import ConfigError
+from ...fileio import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "val", "valid", "test")
@@ -61,8 +62,6 @@ def read_dataset(folder: str | os.PathLike) -> tuple[str, dict[str, Split]]:
 
 def write_coco_layout(splits: dict[str, Split], out: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """Each split's COCO dict written to out/instances_<split>.json; returns {split: (images dir, json path)}."""
-    from ...fileio import atomic_path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -113,8 +112,9 @@ def _voc_object(obj: ET.Element, xml_path: Path) -> tuple[str, list[float]] | No
     return name, corners
 
 
-def _voc_file(xml_path: Path, image_dirs: list[Path]) -> tuple[Path, list[tuple[str, list[float]]], int]:
-    """(image path, objects, difficult objects skipped) of one VOC XML file."""
+def _voc_file(xml_path: Path, image_dirs: list[Path]) -> tuple[Path, list[tuple[str, list[float]]], int,
+                                                                 tuple[int, int] | None]:
+    """(image path, objects, difficult objects skipped, (h, w) from <size> or None) of one VOC XML file."""
     try:
         tree = ET.parse(xml_path).getroot()
     except ET.ParseError as exc:
@@ -127,6 +127,11 @@ def _voc_file(xml_path: Path, image_dirs: list[Path]) -> tuple[Path, list[tuple[
     if image is None:
         raise ConfigError(f"{xml_path}: its image '{filename or xml_path.stem}' is not in "
                           f"{', '.join(str(d) for d in image_dirs)}")
+    try:
+        size = (int(tree.findtext("size/height")), int(tree.findtext("size/width")))
+    except (TypeError, ValueError):
+        size = None
+    size = size if size and min(size) > 0 else None
     objects, difficult = [], 0
     for obj in tree.findall("object"):
         if (obj.findtext("difficult") or "0").strip() == "1":
@@ -135,7 +140,7 @@ def _voc_file(xml_path: Path, image_dirs: list[Path]) -> tuple[Path, list[tuple[
         parsed = _voc_object(obj, xml_path)
         if parsed is not None:
             objects.append(parsed)
-    return image, objects, difficult
+    return image, objects, difficult, size
 
 
 def _voc_splits(root: Path) -> dict[str, Split]:
@@ -163,15 +168,16 @@ def _voc_splits(root: Path) -> dict[str, Split]:
         if not groups:
             groups["train"] = (sorted(root.glob("*.xml")), [root])
     parsed = {name: [_voc_file(x, dirs) for x in xmls] for name, (xmls, dirs) in groups.items()}
-    classes = sorted({cls for files in parsed.values() for _, objects, _ in files for cls, _ in objects})
+    classes = sorted({cls for files in parsed.values() for _, objects, _, _ in files for cls, _ in objects})
     if not classes:
         raise ConfigError(f"{root}: no <object> with a <name> and <bndbox> in any XML file")
     splits = {}
     for name, files in parsed.items():
-        image_root = Path(os.path.commonpath([str(image.parent) for image, _, _ in files])) if files else root
-        entries = [(image.relative_to(image_root).as_posix(), objects) for image, objects, _ in files]
-        coco = _coco_dict(image_root, entries, classes)
-        coco["info"] = {"difficult_skipped": sum(d for _, _, d in files)}
+        image_root = Path(os.path.commonpath([str(image.parent) for image, *_ in files])) if files else root
+        entries = [(image.relative_to(image_root).as_posix(), objects, size or _image_size(image))
+                   for image, objects, _, size in files]  # the image is decoded only when <size> is missing
+        coco = _coco_dict(entries, classes)
+        coco["info"] = {"difficult_skipped": sum(d for _, _, d, _ in files)}
         splits[name] = Split(name, image_root, coco)
     return splits
 
@@ -260,7 +266,7 @@ def _yolo_splits(root: Path) -> dict[str, Split]:
             h, w = size
             boxes = _yolo_boxes(_labels_for(image), w, h, len(names))
             entries.append((image.relative_to(folder).as_posix(), [(names[c], b) for c, b in boxes], (h, w)))
-        splits[name] = Split(name, folder, _coco_dict(folder, entries, names))
+        splits[name] = Split(name, folder, _coco_dict(entries, names))
     return splits
 
 
@@ -272,13 +278,12 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     return None if image is None else image.shape[:2]
 
 
-def _coco_dict(images_root: Path, entries: list, classes: list[str]) -> dict:
-    """A COCO dict from (file_name, [(class name, x1y1x2y2)], optional (h, w)) entries; category ids 1..C."""
+def _coco_dict(entries: list, classes: list[str]) -> dict:
+    """A COCO dict from (file_name, [(class name, x1y1x2y2)], (h, w) or None) entries; category ids 1..C."""
     category = {name: i + 1 for i, name in enumerate(classes)}
     images, annotations = [], []
     for image_id, entry in enumerate(entries, 1):
-        file_name, objects = entry[0], entry[1]
-        size = entry[2] if len(entry) > 2 else _image_size(images_root / file_name)
+        file_name, objects, size = entry
         record = {"id": image_id, "file_name": file_name}
         if size is not None:
             record["height"], record["width"] = int(size[0]), int(size[1])
