@@ -176,3 +176,10 @@ def test_tile_cli(tmp_path):
     assert "train:" in result.stdout and "COCO layout" in result.stdout
     layout, splits = read_dataset(tmp_path / "t")
     assert layout == "coco" and set(splits) == {"train", "val"} and splits["train"].coco["annotations"]
+
+
+def test_the_dataset_readers_and_the_tiler_need_no_torch():
+    code = ("import sys, deim_edge.training.data.layouts, deim_edge.training.data.tiles; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
