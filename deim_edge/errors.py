@@ -48,6 +48,10 @@ class ImageError(DeimEdgeError, ValueError):
     """An image input that cannot be read or used (not an image, empty, wrong shape or type)."""
 
 
+class OutputPathError(DeimEdgeError, ValueError):
+    """An output path that cannot be written (a file where a folder is needed, no permission, ...)."""
+
+
 class ExportError(DeimEdgeError):
     """An export that failed; no file is left at the output path."""
 

@@ -5,9 +5,40 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+from .errors import OutputPathError
+
+
+def check_output(path: str | os.PathLike, folder: bool = False, replace: bool = True) -> Path:
+    """Raise OutputPathError unless `path` can be written: as a file (`folder=False`: not an existing folder,
+    nor an existing file when `replace` is False) or as a folder (`folder=True`: not an existing file). The
+    nearest existing ancestor must be a folder where a file can be made (probed with a temporary file; the
+    missing folders are created on writing). Call it before long work starts. Returns the path."""
+    path = Path(path)
+    what = "folder" if folder else "file"
+    if path.exists():
+        if folder and not path.is_dir():
+            raise OutputPathError(f"the output folder {path} is a file; give a folder path")
+        if not folder and path.is_dir():
+            raise OutputPathError(f"the output file {path} is a folder; give a file path")
+        if not folder and not replace:
+            raise OutputPathError(f"the output file {path} exists; remove it or give another path")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"cannot write the output {what} {path}: {parent} is a file, not a folder")
+    try:  # a probe file: permissions, read-only mounts and /proc-like folders alike
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OutputPathError(f"cannot write the output {what} {path}: {parent} is not writable "
+                              f"({e.strerror}); give another path") from None
+    return path
 
 
 @contextlib.contextmanager
