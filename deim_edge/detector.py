@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from typing import Union
@@ -10,8 +11,8 @@ import numpy as np
 
 from .decode import decode
 from .errors import ConfigError, ImageError
-from .metadata import RAW, ArtifactMetadata
-from .preprocess import Transform, load_image, preprocess
+from .metadata import RAW, RESIZE_MODES, ArtifactMetadata
+from .preprocess import Transform, load_image, normalization, preprocess
 from .results import Detections
 from .runtimes import Runtime, load_runtime
 
@@ -22,15 +23,24 @@ class Detector:
     """One DEIMv2 detector over any artifact (.onnx, .pth, ...), configured by the artifact's metadata.
 
     conf: minimum score kept; max_det: most detections per image (default: the artifact's);
-    classes: keep only these labels (ids or names). resize ("stretch" | "letterbox"), mean and std
-    override the artifact's preprocessing (useful for official DEIMv2 ONNX files, which carry
+    classes: keep only these labels (ids or names, or just one). resize ("stretch" | "letterbox"), mean
+    and std override the artifact's preprocessing (useful for official DEIMv2 ONNX files, which carry
     none). Remaining keyword arguments go to the runtime (e.g. threads=1, providers=[...],
     variant= for .pth files).
     """
 
     def __init__(self, model: str | os.PathLike | Runtime, backend: str | None = None, conf: float = 0.25,
-                 max_det: int | None = None, classes: Iterable[int | str] | None = None, resize: str | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **runtime_options) -> None:
+                 max_det: int | None = None, classes: Iterable[int | str] | int | str | None = None,
+                 resize: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 **runtime_options) -> None:
+        if isinstance(conf, bool) or not isinstance(conf, numbers.Real) or not 0.0 <= conf <= 1.0:
+            raise ConfigError(f"conf must be a number within [0, 1] (the lowest score kept), got {conf!r}")
+        if max_det is not None and (isinstance(max_det, bool) or not isinstance(max_det, numbers.Integral)
+                                    or max_det < 1):
+            raise ConfigError(f"max_det must be a whole number of at least 1 (the most detections per image), "
+                              f"got {max_det!r}; leave it out for the model's own")
+        if resize is not None and resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if isinstance(model, (str, os.PathLike)):
             self.runtime: Runtime = load_runtime(model, backend, **runtime_options)
         elif hasattr(model, "run") and hasattr(model, "metadata"):  # an opened runtime (e.g. TorchRuntime.of)
@@ -38,13 +48,10 @@ class Detector:
         else:
             raise ConfigError(f"Detector takes a model file or an opened runtime, not {type(model).__name__}")
         meta = self.runtime.metadata
-        overrides = {k: v for k, v in {"resize": resize, "mean": _triple(mean), "std": _triple(std)}.items()
-                     if v is not None}
-        self.metadata: ArtifactMetadata = meta.with_(**overrides) if overrides else meta
-        if not 0.0 <= conf <= 1.0:
-            raise ConfigError(f"conf must be within [0, 1], got {conf}")
-        self.conf = conf
-        self.max_det = max_det if max_det is not None else self.metadata.max_det
+        mean, std = normalization(meta.mean if mean is None else mean, meta.std if std is None else std)
+        self.metadata: ArtifactMetadata = meta.with_(resize=resize or meta.resize, mean=mean, std=std)
+        self.conf = float(conf)
+        self.max_det = int(max_det) if max_det is not None else self.metadata.max_det
         self.classes = self._class_ids(classes)
         self._buffer = np.empty((0, 3, *self.metadata.input_size), np.float32)  # reused input batch
 
@@ -56,7 +63,12 @@ class Detector:
                  ) -> Detections | list[Detections]:
         """Detect on one image (path or array) or a list of them; arrays are `color` ordered (BGR
         as OpenCV reads them, or RGB). Returns one Detections per image."""
-        single = isinstance(source, (str, os.PathLike, np.ndarray))
+        single = not isinstance(source, (list, tuple))
+        if single and not isinstance(source, (str, os.PathLike, np.ndarray)):
+            hint = ("; decode encoded bytes first: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)"
+                    if isinstance(source, (bytes, bytearray, memoryview)) else "")
+            raise ImageError(f"Detector takes an image path, a numpy array, or a list of them; "
+                             f"got {type(source).__name__}{hint}")
         images = [load_image(s, color=color) for s in ([source] if single else source)]
         if not images:
             raise ImageError("no images given")
@@ -112,30 +124,29 @@ class Detector:
             return batch
         return np.concatenate([batch, np.zeros((missing, *batch.shape[1:]), batch.dtype)])
 
-    def _class_ids(self, classes: Iterable[int | str] | None) -> np.ndarray | None:
+    def _class_ids(self, classes: Iterable[int | str] | int | str | None) -> np.ndarray | None:
         if classes is None:
             return None
+        if isinstance(classes, (str, bytes, numbers.Integral)) or not isinstance(classes, Iterable):
+            classes = [classes]  # one class (or a value reported below)
         ids = []
         for c in classes:
             if isinstance(c, str):
                 if c not in self.names:
                     raise ConfigError(f"unknown class {c!r}; this model knows: {', '.join(self.names)}")
                 ids.append(self.names.index(c))
-            elif 0 <= int(c) < len(self.names):
+            elif not isinstance(c, numbers.Integral) or isinstance(c, bool):
+                raise ConfigError(f"classes takes class names or whole-number ids (0..{len(self.names) - 1}), "
+                                  f"got {c!r}")
+            elif 0 <= c < len(self.names):
                 ids.append(int(c))
             else:
                 raise ConfigError(f"class id {c} is outside 0..{len(self.names) - 1}")
+        if not ids:
+            raise ConfigError("classes is empty, so nothing would be detected; leave it out to keep every class")
         return np.array(ids, dtype=np.int64)
 
     def __repr__(self) -> str:
         m = self.metadata
         return (f"Detector({m.variant or 'unknown variant'}, {self.runtime.name}, {m.input_size[0]}x{m.input_size[1]}"
                 f" {m.resize}, {m.output} outputs, {m.num_classes} classes)")
-
-
-def _triple(values: Sequence[float] | None) -> tuple[float, float, float] | None:
-    if values is None:
-        return None
-    if len(values) != 3:
-        raise ConfigError(f"mean and std take three values (R, G, B), got {list(values)}")
-    return tuple(float(v) for v in values)

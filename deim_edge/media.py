@@ -5,6 +5,7 @@ an image file, and the frames of a video file, stream or camera. numpy and OpenC
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -68,13 +69,35 @@ def _kinds(suffixes: Collection[str]) -> str:
 
 def read_image(path: str | os.PathLike) -> np.ndarray | None:
     """An image file as HxWx3 uint8 BGR (as cv2.imread reads it, non-ASCII paths too), or None when OpenCV
-    cannot read it."""
+    cannot read it. ImageError for an image larger than OpenCV decodes."""
     try:
         data = np.fromfile(os.fspath(path), dtype=np.uint8)
     except OSError:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as e:
+        if "validateInputImageSize" not in str(e):  # OpenCV's check of the size its header gives
+            return None
+        size = _header_size(data[:65536].tobytes())  # headers come first
+        limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS") or f"{1 << 30:,}"  # OpenCV's default
+        raise ImageError(f"{path} is {f'{size[0]}x{size[1]} pixels, ' if size else ''}larger than OpenCV decodes "
+                         f"({limit} pixels at most); downscale it, or raise the limit by setting the environment "
+                         f"variable OPENCV_IO_MAX_IMAGE_PIXELS before Python starts") from None
     return image if image is not None and image.size else None
+
+
+def _header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG or JPEG header gives them, None for other files."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    i = 2 if head.startswith(b"\xff\xd8") else len(head)
+    while i + 9 <= len(head) and head[i] == 0xFF:  # JPEG segments up to the frame header (SOF0..SOF15)
+        if head[i + 1] in range(0xC0, 0xD0) and head[i + 1] not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", head[i + 5:i + 9])
+            return width, height
+        i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
+    return None
 
 
 class Video:

@@ -3,8 +3,10 @@ scale to [0, 1], normalize, lay out; and the Transform that maps boxes back. num
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +32,8 @@ def load_image(source: str | os.PathLike | np.ndarray, color: str = "BGR") -> np
     """
     if color not in COLOR_ORDERS:
         raise ConfigError(f"color must be one of {COLOR_ORDERS}, got {color!r}")
+    if isinstance(source, str) and not source:
+        raise ImageError("the image path is empty; pass an image file's path or a numpy array")
     if isinstance(source, (str, os.PathLike)):
         return _read_file(Path(source))
     if not isinstance(source, np.ndarray):
@@ -50,7 +54,8 @@ def _read_file(path: Path) -> np.ndarray:
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise ImageError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+        batch = "; pass a batch as a list of images" if image.ndim == 4 else ""
+        raise ImageError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}{batch}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f"the image is empty (shape {image.shape})")
     if image.dtype == np.uint8:
@@ -58,10 +63,10 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         return np.round(image / 257.0).astype(np.uint8)  # 65535 -> 255
     if np.issubdtype(image.dtype, np.floating):
-        top = float(np.nanmax(image))
-        if top > 1.0 + 1.0 / 255:
-            raise ImageError(f"a float image must hold values in [0, 1] (this one reaches {top:g}); "
-                             f"divide it by 255 or pass it as uint8")
+        low, high = float(image.min()), float(image.max())  # NaN when any pixel is NaN
+        if not -1.0 / 255 <= low <= high <= 1.0 + 1.0 / 255:
+            raise ImageError(f"a float image must hold finite values in [0, 1] (this one holds {low:g} to {high:g}); "
+                             f"divide 0-255 values by 255, pass pixels before normalizing them, or pass uint8")
         return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     raise ImageError(f"unsupported image dtype {image.dtype}; pass uint8, uint16 or float in [0, 1]")
 
@@ -128,14 +133,12 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, input_size: tuple[int,
         raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if (mean is None) != (std is None):
-        raise ConfigError("give both mean and std, or neither")
+    mean, std = normalization(mean, std)
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     if len(images) == 0:
         raise ImageError("no images to preprocess")
-    planar, interleaved = _luts(None if mean is None else tuple(map(float, mean)),
-                                None if std is None else tuple(map(float, std)))
+    planar, interleaved = _luts(mean, std)
     shape = (len(images), 3, in_h, in_w) if layout == "NCHW" else (len(images), in_h, in_w, 3)
     if out is None:
         batch = np.empty(shape, np.float32)
@@ -158,6 +161,31 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, input_size: tuple[int,
             cv2.LUT(resized, interleaved, dst=batch[i])
         transforms.append(transform)
     return batch, transforms
+
+
+def normalization(mean: Sequence[float] | None, std: Sequence[float] | None
+                  ) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
+    """mean and std as (R, G, B) float triples, or (None, None) for no normalization. ConfigError unless both or
+    neither are given, each as three finite numbers: a mean within [0, 1] (it applies to pixels scaled to [0, 1])
+    and a std above 0."""
+    mean = None if mean is None else _rgb(mean, "mean")
+    std = None if std is None else _rgb(std, "std")
+    if (mean is None) != (std is None):
+        raise ConfigError("give both mean and std, or neither")
+    if mean is not None and not all(0.0 <= m <= 1.0 for m in mean):
+        raise ConfigError(f"mean applies to pixels scaled to [0, 1], so it lies within [0, 1], got {mean}; "
+                          f"divide 0-255 values by 255")
+    if std is not None and not all(s > 0.0 for s in std):
+        raise ConfigError(f"std divides the pixels, so it must be above 0, got {std}")
+    return mean, std
+
+
+def _rgb(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    triple = tuple(values) if isinstance(values, Iterable) and not isinstance(values, (str, bytes)) else ()
+    if len(triple) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                                   for v in triple):
+        raise ConfigError(f"{name} takes three finite numbers (R, G, B), got {values!r}")
+    return tuple(float(v) for v in triple)
 
 
 def _check_size(input_size: tuple[int, int]) -> tuple[int, int]:

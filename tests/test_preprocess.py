@@ -106,7 +106,7 @@ def test_uint16_scaled_to_8_bit():
 
 
 def test_float_in_unit_range_scaled():
-    image = np.array([[[0.0, 0.5, 1.0], [-0.1, 0.2, 1.002]]], dtype=np.float32)
+    image = np.array([[[0.0, 0.5, 1.0], [-0.002, 0.2, 1.002]]], dtype=np.float32)  # within rounding of [0, 1]
     np.testing.assert_array_equal(load_image(image, color="RGB"), [[[0, 128, 255], [0, 51, 255]]])
     assert load_image(image.astype(np.float64), color="RGB").dtype == np.uint8
 
