@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import VARIANTS, get_variant
-from .errors import DeimEdgeError
+from .errors import ConfigError, DeimEdgeError, ImageError
 
 
 def info(args: argparse.Namespace) -> None:
@@ -61,27 +61,46 @@ def info(args: argparse.Namespace) -> None:
 def predict(args: argparse.Namespace) -> None:
     """Detect on images, folders and videos; save annotated copies and a JSON of detections."""
     from .detector import Detector
+    from .predict import errors_path, json_target
     from .predict import predict as run_predict
 
+    target = json_target(args.save, args.json)  # before the model loads
     options = {"threads": args.threads} if args.threads else {}
     classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
     detector = Detector(args.model, backend=args.backend, conf=args.conf, max_det=args.max_det, classes=classes,
                         **options)
-    records = run_predict(detector, args.sources, save=args.save, json_path=args.json)
-    if args.save:
-        print(f"{len(records)} source(s): annotated copies and detections.json in {args.save}", file=sys.stderr)
-    elif not args.json:
+    records, failed = run_predict(detector, args.sources, save=args.save, json_path=args.json)
+    if target is None:
         print(json.dumps(records, indent=1))
+    elif args.save:
+        print(f"{len(records)} source(s): annotated copies and detections.json in {args.save}", file=sys.stderr)
+    if failed:
+        where = f"in {target}, the failed listed in {errors_path(target)}" if target else "on stdout"
+        raise ImageError(f"{len(failed)} of {len(records) + len(failed)} input(s) could not be read and were skipped "
+                         f"({next(iter(failed.values()))}); the detections of the other {len(records)} are {where}")
 
 
 def tile(args: argparse.Namespace) -> None:
     """Cut a dataset's large images into training tiles, written in COCO layout."""
+    from .fileio import check_output
     from .training.data.layouts import read_dataset
     from .training.data.tiles import tile_dataset
 
+    # the tiler checks these too, but only once it has made the output folder
+    if args.size < 32:
+        raise ConfigError(f"--size is the tile side in pixels, at least 32; got {args.size}")
+    if not 0 <= args.overlap < 1:
+        raise ConfigError(f"--overlap is a fraction of the tile in [0, 1), e.g. 0.2; got {args.overlap}")
+    if not 0 < args.min_visible <= 1:
+        raise ConfigError(f"--min-visible is a fraction of a box's area in (0, 1], e.g. 0.5; got {args.min_visible}")
+    check_output(args.out, folder=True)
     layout, splits = read_dataset(args.dataset)
-    report = tile_dataset(splits, args.out, args.size, overlap=args.overlap, min_visible=args.min_visible,
-                          keep_empty=args.keep_empty)
+    try:
+        report = tile_dataset(splits, args.out, args.size, overlap=args.overlap, min_visible=args.min_visible,
+                              keep_empty=args.keep_empty)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the tiles cut so far are in {args.out}, an incomplete dataset: remove it before "
+                                "tiling again") from None
     for name, c in report.items():
         print(f"{name}: {c['tiles']} tiles of {args.size} px, {c['boxes']} boxes ({c['boxes_cut_kept']} cut at a "
               f"border and kept, {c['boxes_cut_dropped']} mostly outside: dropped and filled), "
@@ -89,8 +108,27 @@ def tile(args: argparse.Namespace) -> None:
     print(f"{layout} dataset tiled into {args.out} (COCO layout): python -m deim_edge train --data {args.out} ...")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run a subcommand; the exit status: 2 for bad input (one line on stderr), 130 when interrupted (Ctrl-C)."""
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt as e:  # carries what was kept, where the command knows
+        print(f"interrupted; {str(e) or 'files finished before it are kept, none half-written'}", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["export"]:  # export, train, bench and demo have command lines of their own
         from .export.__main__ import main as export_main
 
@@ -113,16 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("train", help="train a variant: python -m deim_edge train --help")
     commands.add_parser("bench", help="time artifacts interleaved: python -m deim_edge bench --help")
     commands.add_parser("demo", help="export the bundled model to every backend here, compare and time them")
-    p = commands.add_parser("predict", help="detect on images, folders and videos")
+    p = commands.add_parser(
+        "predict", help="detect on images, folders and videos",
+        description="Detect on images, folders and videos. An input that cannot be read is skipped and the others go "
+                    "on; the detections JSON holds the inputs done, and when some failed (exit status 2) or Ctrl-C "
+                    "stopped the run (130), detections.errors.json beside it lists the failed and the unfinished.")
     p.add_argument("model", help="an artifact: .onnx (deim-edge or official DEIMv2 export), .pth, ...")
     p.add_argument("sources", nargs="+", help="image files, folders, video files")
     p.add_argument("--save", help="folder for annotated images/videos and detections.json")
     p.add_argument("--json", help="where to write the detections JSON (default: SAVE/detections.json)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
-    p.add_argument("--max-det", type=int, help="most detections per image (default: the artifact's)")
+    p.add_argument("--max-det", type=_positive_int, help="most detections per image (default: the artifact's)")
     p.add_argument("--classes", nargs="+", help="keep only these classes (names or ids)")
     p.add_argument("--backend", help="runtime to use (default: by file suffix)")
-    p.add_argument("--threads", type=int, help="inference threads")
+    p.add_argument("--threads", type=_positive_int, help="inference threads")
     p.set_defaults(run=predict)
 
     p = commands.add_parser("tile", help="cut large annotated images into training tiles (COCO layout out)")

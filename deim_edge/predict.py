@@ -11,33 +11,80 @@ import numpy as np
 
 from .detector import Detector
 from .errors import ImageError
-from .fileio import atomic_path
+from .fileio import atomic_path, check_output
 from .media import Video, is_video, media_files, read_image
 from .progress import Progress
 
 
+def json_target(save: str | Path | None, json_path: str | Path | None) -> Path | None:
+    """Where predict writes its detections JSON (`json_path`, else save/detections.json; None: nowhere), once
+    it and the `save` folder are checked writable (OutputPathError if not): call it before long work starts."""
+    if save is not None:
+        check_output(save, folder=True)
+        json_path = Path(save) / "detections.json" if json_path is None else json_path
+    return None if json_path is None else check_output(json_path)
+
+
+def errors_path(target: Path) -> Path:
+    """The file beside the detections JSON that lists the inputs it lacks: <its stem>.errors.json."""
+    return target.with_name(f"{target.stem}.errors.json")
+
+
 def predict(detector: Detector, sources: list[str], save: str | Path | None = None, json_path: str | Path | None = None
-            ) -> dict[str, list]:
-    """Run `detector` over sources; with `save`, write annotated images/videos there and a
-    detections.json (or `json_path`). Returns {source: detections per image or per video frame}."""
+            ) -> tuple[dict[str, list], dict[str, str]]:
+    """Run `detector` over sources (image files, folders, video files); with `save`, write annotated images/videos
+    there and a detections.json (or `json_path`): {source: detections per image or per video frame}.
+
+    An input that cannot be read (ImageError) is skipped and the others go on. The JSON holds the inputs done;
+    when some failed, or the run was interrupted (KeyboardInterrupt, raised again once the JSON is written),
+    detections.errors.json beside it (see errors_path) says which: {"failed": {source: why}, "unfinished":
+    [source, ...]}; a complete run removes an old one. Annotated copies are written whole or not at all.
+    Returns ({source: detections}, {source: why it failed})."""
+    target = json_target(save, json_path)
     paths = media_files(sources)
     out_dir = Path(save) if save is not None else None
     records: dict[str, list] = {}
-    with Progress(len(paths), "predict") as progress:
-        for path in paths:
-            if is_video(path):
-                records[str(path)] = _video(detector, path, out_dir)
-            else:
-                dets = detector(str(path))
-                records[str(path)] = dets.to_dict()["detections"]
-                if out_dir is not None:
-                    _write_image(out_dir / path.name, dets.draw(read_image(path)))
-            progress.update(note=path.name)
-    if json_path is not None or out_dir is not None:
-        target = Path(json_path) if json_path is not None else out_dir / "detections.json"
-        with atomic_path(target) as tmp:
-            tmp.write_text(json.dumps(records, indent=1))
-    return records
+    failed: dict[str, str] = {}
+    try:
+        with Progress(len(paths), "predict") as progress:
+            for path in paths:
+                try:
+                    records[str(path)] = _predict_one(detector, path, out_dir)
+                except ImageError as e:
+                    failed[str(path)] = str(e)
+                progress.update(note=path.name)
+    except KeyboardInterrupt:
+        if target is None:
+            raise
+        unfinished = [str(p) for p in paths if str(p) not in records and str(p) not in failed]
+        _write_json(target, records, failed, unfinished)
+        raise KeyboardInterrupt(f"the detections of the {len(records)} input(s) done are in {target}, the "
+                                f"{len(unfinished)} unfinished listed in {errors_path(target)}") from None
+    if target is not None:
+        _write_json(target, records, failed, [])
+    return records, failed
+
+
+def _predict_one(detector: Detector, path: Path, out_dir: Path | None) -> list:
+    """The detections of one image, or of each frame of one video; with out_dir, its annotated copy there."""
+    if is_video(path):
+        return _video(detector, path, out_dir)
+    dets = detector(str(path))
+    if out_dir is not None:
+        _write_image(out_dir / path.name, dets.draw(read_image(path)))
+    return dets.to_dict()["detections"]
+
+
+def _write_json(target: Path, records: dict[str, list], failed: dict[str, str], unfinished: list[str]) -> None:
+    """The detections JSON, and beside it the list of the inputs it lacks (or none: an old list removed)."""
+    errors = errors_path(target)
+    if failed or unfinished:
+        with atomic_path(errors) as tmp:
+            tmp.write_text(json.dumps({"failed": failed, "unfinished": unfinished}, indent=1))
+    else:
+        errors.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(records, indent=1))
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
