@@ -67,7 +67,7 @@ class Detections:
         if conf is not None:
             keep &= self.scores >= conf
         if classes is not None:
-            classes = [classes] if isinstance(classes, (str, int, np.integer)) else classes
+            classes = classes if isinstance(classes, Iterable) and not isinstance(classes, str) else [classes]
             keep &= np.isin(self.labels, [self._label_of(c) for c in classes])
         return self[keep]
 
@@ -76,6 +76,8 @@ class Detections:
             if cls not in self.names:
                 raise ConfigError(f"unknown class name {cls!r}; the model's classes are {', '.join(self.names)}")
             return self.names.index(cls)
+        if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
+            raise ConfigError(f"classes takes class names or whole-number labels, got {cls!r}")
         return int(cls)
 
     @property

@@ -256,3 +256,14 @@ def test_resize_must_be_a_known_mode(runtime, resize):
 def test_options_are_checked_before_the_model_loads(tmp_path, options):
     with pytest.raises(ConfigError):
         Detector(tmp_path / "absent.onnx", **options)  # not ModelFileError: nothing was opened
+
+
+@pytest.mark.parametrize("bad", [[1.7], [None], [True], 2.5])
+def test_detections_filter_refuses_classes_that_are_not_labels(bad):
+    from deim_edge.results import Detections
+
+    dets = Detections(xyxy=np.zeros((2, 4), np.float32), scores=np.array([0.9, 0.8], np.float32),
+                      labels=np.array([1, 2]), names=("a", "b", "c"), image_size=(10, 10))
+    with pytest.raises(ConfigError, match="class names or whole-number labels"):
+        dets.filter(classes=bad)
+    assert len(dets.filter(classes=[1])) == 1
