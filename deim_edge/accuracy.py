@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,12 +56,65 @@ class ValSet:
             raise ConfigError(f"image folder not found: {images}")
         if max_images is not None and max_images < 1:
             raise ConfigError(f"max_images must be at least 1, got {max_images}")
+        check_annotations(annotations, max_images)
         return cls(annotations, images, max_images)
 
     def ground_truth(self) -> tuple[Any, list[int]]:
         """(the COCO object of the annotations, the ids of the images to score: sorted, at most max_images)."""
         gt = load_coco(self.annotations)
         return gt, sorted(gt.getImgIds())[: self.max_images]
+
+
+def check_annotations(path: str | os.PathLike, max_images: int | None = None) -> None:
+    """ConfigError naming `path` and its first defect unless it is a COCO annotation file that boxes can be
+    scored on: a JSON object with lists "images" (each with an id and a file_name), "categories" (each with an
+    id) and "annotations" (each with an id, the id of a listed image and category, and a bbox [x, y, width,
+    height] of finite numbers, width and height > 0), at least one of them, not a crowd region, in the images
+    scored (the first `max_images` by id; None: all)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not a COCO annotation file (JSON): {e}") from None
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise ConfigError(f"{path} is not a COCO annotation file: it has no {key!r} list")
+    image_ids = _ids(path, data["images"], "images", ("id", "file_name"))
+    category_ids = _ids(path, data["categories"], "categories", ("id",))
+    for i, a in enumerate(data["annotations"]):
+        defect = _annotation_defect(a, image_ids, category_ids)
+        if defect:
+            raise ConfigError(f"{path}: annotations[{i}] {defect}; fix the annotation file")
+    scored = set(sorted(image_ids)[:max_images])
+    if not any(a["image_id"] in scored and not a.get("iscrowd") for a in data["annotations"]):
+        which = "its images" if len(scored) == len(image_ids) else f"the first {len(scored)} of its images"
+        raise ConfigError(f"{path} has no box in {which} (crowd regions are not scored): there is nothing to "
+                          f"score AP on; give a labelled set")
+
+
+def _ids(path: str | os.PathLike, items: list, key: str, fields: tuple[str, ...]) -> set:
+    """The ids of a COCO "images" or "categories" list; ConfigError for an entry without `fields`."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not all(isinstance(item.get(f), (int, str)) for f in fields):
+            raise ConfigError(f"{path}: {key}[{i}] is not an object with {' and '.join(fields)}; fix the "
+                              f"annotation file")
+    return {item["id"] for item in items}
+
+
+def _annotation_defect(a: Any, image_ids: set, category_ids: set) -> str | None:
+    """What is wrong with one COCO annotation, or None."""
+    if not isinstance(a, dict) or not isinstance(a.get("id"), (int, str)):
+        return "is not an object with an id"
+    if not isinstance(a.get("image_id"), (int, str)) or a["image_id"] not in image_ids:
+        return f"has image_id {a.get('image_id')!r}, which is not in its 'images'"
+    if not isinstance(a.get("category_id"), (int, str)) or a["category_id"] not in category_ids:
+        return f"has category_id {a.get('category_id')!r}, which is not in its 'categories'"
+    box = a.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        return f"has bbox {box!r}, not [x, y, width, height]"
+    if not (box[2] > 0 and box[3] > 0):
+        return f"has bbox {box}: its width and height must be > 0"
+    return None
 
 
 def coco_api() -> tuple[Any, Any]:

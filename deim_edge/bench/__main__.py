@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..accuracy import ValSet
 from ..errors import ConfigError, DeimEdgeError, MissingDependencyError
+from ..fileio import check_output
 from .harness import benchmark
 from .pick import check_max_drop, format_picks, pick
 from .report import format_table, load_report, merge_reports, write_report
@@ -22,7 +23,7 @@ EPILOG = """examples:
       --pick --max-drop 0.5     # the fastest within 0.5 AP of FP32, and its speed-up over official.onnx
 
 exit status: 0 when every artifact was measured, 1 when one failed (its row says why) or --pick found none
-within --max-drop, 2 on bad input."""
+within --max-drop, 2 on bad input, 130 when interrupted (Ctrl-C)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +88,7 @@ def _threads(values: list[str]) -> list[int | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.out, folder=True)  # before any timing
     if args.pick:
         check_max_drop(args.max_drop)  # before any timing
         if args.baseline and args.baseline not in args.artifacts:
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
+    check_output(args.out, folder=True)
     merged = merge_reports([load_report(p) for p in args.reports], [str(p) for p in args.reports])
     print(format_table(merged))
     _write(merged, args)
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeimEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def precision_label(row: dict) -> str:
 
 
 def _ap(row: dict) -> str:
-    return "-" if not row.get("ap") else f"{100 * row['ap']['AP']:.1f}"
+    """AP in %; "-" without one, or where COCO had no box to score it on (-1)."""
+    return "-" if not row.get("ap") or row["ap"]["AP"] < 0 else f"{100 * row['ap']['AP']:.1f}"
 
 
 COLUMNS: list[tuple[str, Callable[[dict], str]]] = [

@@ -69,21 +69,43 @@ def load_calibration(source: str | os.PathLike, metadata: ArtifactMetadata, size
              f"real scenes (--calib-size {MIN_RECOMMENDED} or more is safer)")
     if str(source) == SYNTHETIC:
         return _synthetic(metadata, size, seed)
-    path = Path(source)
-    if path.is_dir():
+    files = _image_files(Path(source))
+    if files is None:
+        return _from_video(Path(source), metadata, size, progress)
+    return _from_files(_choose(files, size, seed), metadata, size, progress)
+
+
+def check_calibration_data(source: str | os.PathLike) -> None:
+    """CalibrationError unless `source` is "synthetic", a video file, or a folder or COCO .json of image files
+    one of which OpenCV reads: what an export checks before its long work (load_calibration reads them all)."""
+    if str(source) == SYNTHETIC:
+        return
+    files = _image_files(Path(source))
+    if files is None:
         try:
-            files = image_files([path], recursive=True)
+            Video(source).close()
         except ImageError as e:
             raise CalibrationError(str(e)) from None
-        return _from_files(_choose(files, size, seed, f"no images in {path}"), metadata, size, progress)
-    if path.suffix.lower() == ".json":
-        return _from_files(_choose(coco_image_files(path), size, seed, f"{path} lists no images"),
-                           metadata, size, progress)
-    if is_video(path):
-        return _from_video(path, metadata, size, progress)
+    elif not any(read_image(f) is not None for f in files):
+        raise CalibrationError(f"no readable images in {source}: OpenCV cannot read any of its {len(files)} image "
+                               f"files (first: {files[0]})")
+
+
+def _image_files(path: Path) -> list[Path] | None:
+    """The image files of a folder (searched recursively) or a COCO .json, None for a video file;
+    CalibrationError for anything else."""
+    if path.is_dir():
+        try:
+            return image_files([path], recursive=True)
+        except ImageError as e:
+            raise CalibrationError(str(e)) from None
     if not path.exists():
         raise CalibrationError(f"calibration data not found: {path} (give a folder of images, a COCO .json, "
                                f"a video, or '{SYNTHETIC}')")
+    if path.suffix.lower() == ".json":
+        return coco_image_files(path)
+    if is_video(path):
+        return None
     raise CalibrationError(f"cannot calibrate on {path}: give a folder of images, a COCO .json, a video "
                            f"({', '.join(sorted(VIDEO_SUFFIXES))}), or '{SYNTHETIC}'")
 
@@ -107,9 +129,7 @@ def coco_image_files(annotations: Path) -> list[Path]:
                            f"{root.parent / split}, {root.parent / 'images'} and {root.parent}")
 
 
-def _choose(files: list[Path], size: int, seed: int, empty: str) -> list[Path]:
-    if not files:
-        raise CalibrationError(empty)
+def _choose(files: list[Path], size: int, seed: int) -> list[Path]:
     if len(files) <= size:
         return files
     keep = np.sort(np.random.default_rng(seed).choice(len(files), size, replace=False))

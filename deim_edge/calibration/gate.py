@@ -47,13 +47,21 @@ class GateData:
                 raise ConfigError("the accuracy gate needs images: give --val-data (a COCO folder, or a folder of "
                                   "images)")
             return cls(images=tuple(fallback), description=fallback_description)
-        root = Path(val_data)
-        if root.is_dir() and not (root / "annotations").is_dir():
-            files = image_files([root])
-            return cls(images=tuple(load_image(f, color="RGB") for f in files),
-                       description=f"{len(files)} unlabelled images in {root}")
-        val = ValSet.find(root)
-        return cls(val=val, description=f"COCO {val.annotations}")
+        found = find_val_data(val_data)
+        if isinstance(found, ValSet):
+            return cls(val=found, description=f"COCO {found.annotations}")
+        return cls(images=tuple(load_image(f, color="RGB") for f in found),
+                   description=f"{len(found)} unlabelled images in {val_data}")
+
+
+def find_val_data(val_data: str | os.PathLike) -> ValSet | list[Path]:
+    """--val-data: a COCO folder as its ValSet (the annotation file checked), or the image files of a folder of
+    plain images. ConfigError (ImageError) for anything else, before any image is read: an export calls it
+    before its long work."""
+    root = Path(val_data)
+    if root.is_dir() and not (root / "annotations").is_dir():
+        return image_files([root])
+    return ValSet.find(root)
 
 
 def detection_agreement(reference: Sequence[Detections], candidate: Sequence[Detections]) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
     from ..metadata import ArtifactMetadata
 
-# writes the backend's INT8 artifact of (node names to quantize, calibration batches) at a path; returns it
-CandidateWriter = Callable[[Sequence[str], Sequence[np.ndarray], Path], Path]
+# writes the backend's INT8 artifact of (node names to quantize, calibration batches) at a path; returns it and
+# the backend's model, which the export writes as the artifact when that plan is chosen (no second quantization)
+CandidateWriter = Callable[[Sequence[str], Sequence[np.ndarray], Path], tuple[Path, Any]]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ class Int8Plan:
     figures: dict  # the gate's figures of the chosen plan as the search measured it (QDQ in ORT, or the backend's)
     rounds: list[dict] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)
+    backend_model: Any = None  # the backend's model of `plan` where the search made it last (hooks.search_on): the
+    # export writes it instead of quantizing again
 
     def record(self, settings: QuantizeSettings) -> dict:
         """metadata.extra["int8"]: how the artifact was quantized."""
@@ -67,13 +69,17 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
     with QdqQuantizer(fp32_onnx, calibration.batches(), plan.op_types, settings.calib_method, style,
                       progress) as quantizer, tempfile.TemporaryDirectory(prefix="deim-edge-gate-") as folder:
         cache: dict = {}
+        last: dict = {}  # the backend's model of the plan measured last
 
         def measure_plan(candidate: Plan) -> dict:
             if backend is None:
                 path = Path(folder) / "candidate.onnx"
                 onnx.save(quantizer.quantize(candidate.nodes), str(path))
             else:
-                path = backend[1](candidate.nodes, calibration.batches(), Path(folder) / f"candidate{backend[0]}")
+                last.clear()  # one backend model in memory at a time
+                suffix, write = backend
+                path, model = write(candidate.nodes, calibration.batches(), Path(folder) / f"candidate{suffix}")
+                last[tuple(candidate.nodes)] = model
             step(f"measuring {candidate.recipe} INT8 ({len(candidate.nodes)} nodes, "
                  f"{len(candidate.float_layers)} layers kept float) as {path.suffix}")
             fmt = format_of(path)
@@ -94,4 +100,5 @@ def plan_int8(model: Any, metadata: ArtifactMetadata, settings: QuantizeSettings
             budget = settings.max_drop if settings.max_drop is not None else DEFAULT_BUDGET
             chosen, figures, rounds = search(plan, measure_plan, rank, budget, fail=settings.max_drop is not None)
         qdq = quantizer.quantize(chosen.nodes) if hooks.ships_qdq else None
-    return Int8Plan(fp32_onnx, calibration, chosen, qdq, public(figures), rounds, ranking), reference, data
+    return (Int8Plan(fp32_onnx, calibration, chosen, qdq, public(figures), rounds, ranking,
+                     last.get(tuple(chosen.nodes))), reference, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -30,8 +31,8 @@ class QuantizeSettings:
             raise ConfigError(f"unknown quantization recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}")
         if int(self.calib_size) < 1:
             raise ConfigError(f"--calib-size must be at least 1, got {self.calib_size}")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise ConfigError(f"--max-drop must be >= 0 (AP points), got {self.max_drop}")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise ConfigError(f"--max-drop must be a number of AP points >= 0, got {self.max_drop}")
 
     def require_calibration(self, target: str) -> None:
         """ConfigError unless calibration images were given (INT8 targets)."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..calibration.settings import DEFAULT_BUDGET, DEFAULT_SIZE as DEFAULT_CALIB_SIZE, QuantizeSettings
 from ..errors import ConfigError, DeimEdgeError, ExportError
-from ..fileio import artifact_size_mb, atomic_path, staged_output
+from ..fileio import artifact_size_mb, atomic_path, check_output, staged_output
 from ..formats import Format, get_format
 from ..metadata import COCO_CLASSES, HALF_FLOAT_OPS, RAW, TOPK, ArtifactMetadata
 from ..variants import Variant, get_variant
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 DECODES = {"host": RAW, "graph": TOPK}  # --decode -> output layout
+FOLDER_SUFFIXES = (".mlpackage",)  # artifacts that are folders
 
 
 def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Module | None = None,
@@ -55,8 +56,15 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     settings = QuantizeSettings(None if calib_data is None else str(calib_data), int(calib_size), calib_method,
                                 recipe, max_drop, None if val_data is None else str(val_data))
     if tgt.precision == "int8":
+        from ..calibration.data import check_calibration_data
+
         tgt.int8_hooks().check_method(calib_method, tgt.name)
         settings.require_calibration(tgt.name)
+        check_calibration_data(settings.calib_data)
+    if val_data is not None:
+        from ..calibration.gate import find_val_data
+
+        find_val_data(val_data)
     target_options = tgt.resolve_options(options)
     layout = _layout(decode)
     batch_size = _batch(batch, dynamic_batch)
@@ -73,7 +81,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         k = min(int(max_det), v.decoder.num_queries * num_classes) if layout == TOPK else int(max_det)
         metadata = ArtifactMetadata.for_variant(v, input_size=model.input_size, class_names=names, output=layout,
                                                 batch=batch_size, precision=tgt.precision).with_(max_det=k)
-        path = _out_path(out, source, v, tgt.suffix)
+        path = check_output(_out_path(out, source, v, tgt.suffix), folder=tgt.suffix in FOLDER_SUFFIXES)
         step(f"exporting to {tgt.name}: {path}")
         try:
             with staged_output(path) as tmp:
@@ -222,7 +230,7 @@ def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metad
               **({"int8": metadata.extra["int8"]} if "int8" in metadata.extra else {})}
     dest = artifact.with_name(artifact.name + ".accuracy.json")
     with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     step(f"accuracy report: {dest}")
 
 

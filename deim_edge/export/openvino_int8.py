@@ -30,6 +30,7 @@ from ..errors import ConfigError, ExportError, MissingDependencyError
 from ..metadata import ArtifactMetadata
 from ..progress import step
 from ..formats.openvino import embed, import_openvino
+from .openvino import no_telemetry, onnx_to_openvino
 
 if TYPE_CHECKING:
     import openvino
@@ -44,7 +45,11 @@ SUFFIX_SEPARATOR = "/"  # OpenVINO names ops it splits off a node "<name>/Withou
 
 def _search_on_ir(fp32: onnx.ModelProto, method: str) -> tuple[str, CandidateWriter]:
     """The INT8 search measures NNCF's own IR (it quantizes Atto in seconds)."""
-    return ".xml", lambda nodes, batches, path: write_int8_ir(fp32, batches, nodes, method, path)
+    def write(nodes: Sequence[str], batches: Sequence[np.ndarray], path: Path) -> tuple[Path, Any]:
+        ov_model = quantize_openvino(fp32, batches, nodes, method)
+        return save_int8_ir(ov_model, path), ov_model
+
+    return ".xml", write
 
 
 INT8_HOOKS = Int8Hooks(calib_methods=METHODS, search_on=_search_on_ir)
@@ -52,17 +57,26 @@ INT8_HOOKS = Int8Hooks(calib_methods=METHODS, search_on=_search_on_ir)
 
 def export_openvino_int8(model: Any, metadata: ArtifactMetadata, out_path: Path, options: Mapping[str, Any]) -> Path:
     """The openvino-int8 target: NNCF INT8 on the layers of the plan calibration.int8 chose (options["int8"]),
-    the IR written to `out_path` (.xml + .bin) with `metadata` in its rt_info."""
+    the IR written to `out_path` (.xml + .bin) with `metadata` in its rt_info. NNCF runs again only where the
+    search did not keep the chosen plan's model (it keeps its last; the chosen one is another when no plan was
+    within the budget)."""
     plan = options["int8"]
-    return write_int8_ir(plan.fp32_onnx, plan.calibration.batches(), plan.plan.nodes,
-                         metadata.extra["int8"]["calib_method"], out_path, metadata)
+    ov_model = plan.backend_model
+    if ov_model is None:
+        ov_model = quantize_openvino(plan.fp32_onnx, plan.calibration.batches(), plan.plan.nodes,
+                                     metadata.extra["int8"]["calib_method"])
+    return save_int8_ir(ov_model, out_path, metadata)
 
 
 def write_int8_ir(proto: onnx.ModelProto, batches: Sequence[np.ndarray], quantize_nodes: Collection[str],
                   method: str, out_path: Path, metadata: ArtifactMetadata | None = None) -> Path:
-    """quantize_openvino, saved at `out_path` with `metadata` in its rt_info (None: the ONNX graph's, as a
-    candidate of the layer search is measured)."""
-    ov_model = quantize_openvino(proto, batches, quantize_nodes, method, progress=True)
+    """quantize_openvino, saved at `out_path` (save_int8_ir)."""
+    return save_int8_ir(quantize_openvino(proto, batches, quantize_nodes, method), out_path, metadata)
+
+
+def save_int8_ir(ov_model: openvino.Model, out_path: Path, metadata: ArtifactMetadata | None = None) -> Path:
+    """An INT8 model saved at `out_path` with `metadata` in its rt_info (None: the ONNX graph's, as a candidate
+    of the layer search is measured)."""
     if metadata is not None:
         embed(ov_model, metadata)
     step(f"writing the INT8 IR {Path(out_path).name}")
@@ -84,23 +98,20 @@ def quantize_openvino(proto: onnx.ModelProto, batches: Sequence[np.ndarray], qua
     The model carries the ONNX graph's metadata (rt_info) like any converted model; save it with
     openvino.save_model(model, path, compress_to_fp16=False) (the int8 weights are stored as int8 either way).
     """
-    nncf = _import_nncf()
+    with no_telemetry():  # NNCF sets its telemetry up when first imported
+        nncf = _import_nncf()
     range_params = _range_estimator(nncf, method)
     if not batches:
         raise ConfigError("INT8 calibration needs at least one calibration batch")
     _check_node_names(proto, quantize_nodes)
-    ov = import_openvino()
     step(f"converting to OpenVINO for INT8 ({len(proto.graph.node)} ONNX nodes)")
-    try:
-        model = ov.convert_model(io.BytesIO(proto.SerializeToString()))
-    except Exception as e:  # noqa: BLE001 -- the converter reports unsupported ops as its own error types
-        raise ExportError(f"OpenVINO cannot convert the ONNX graph: {type(e).__name__}: {e}") from e
+    model = onnx_to_openvino(proto)
     ops = ov_ops_by_onnx_node(proto, model)
     float_ops = float_op_names(proto, ops, quantize_nodes)
     step(f"NNCF {method} calibration on {len(batches)} images, {len(float_ops)} ops kept float")
     advanced = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=range_params)
     try:
-        with _nncf_output(progress):
+        with _nncf_output(progress), no_telemetry():
             return nncf.quantize(
                 model, nncf.Dataset(list(batches)), preset=nncf.QuantizationPreset.MIXED,
                 model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches),

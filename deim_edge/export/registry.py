@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..errors import ExportError, MissingDependencyError
+from ..errors import ConfigError, ExportError, MissingDependencyError
 from ..formats import Format, get_format
 from ..metadata import ArtifactMetadata
 
@@ -23,6 +25,22 @@ if TYPE_CHECKING:
 
 # export(model, metadata, out_path, options) -> the path written; model is a deployed DEIMv2
 ExportFn = Callable[[Any, ArtifactMetadata, Path, Mapping[str, Any]], Path]
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# option -> (what it takes, the test of a value); None passes where the option's default is None
+OPTION_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "opset": ("an integer, e.g. opset=17", _integer),
+    "simplify": ("true or false", lambda v: isinstance(v, bool)),
+    "verify": ("true or false", lambda v: isinstance(v, bool)),
+    "workspace_gb": ("a positive number, e.g. workspace_gb=2",
+                     lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
+    "dla_core": ("an integer >= 0, e.g. dla_core=0", lambda v: _integer(v) and v >= 0),
+    "max_batch": ("an integer >= 1, e.g. max_batch=8", lambda v: _integer(v) and v >= 1),
+}
 
 
 @dataclass(frozen=True)
@@ -57,12 +75,18 @@ class Target:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The defaults updated by `options`; ExportError for an option this target does not take."""
+        """The defaults updated by `options`; ExportError for an option this target does not take, ConfigError
+        for a value of the wrong kind (before any export work)."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             allowed = ", ".join(sorted(self.options)) or "none"
             raise ExportError(f"target {self.name!r} does not take option(s) {', '.join(unknown)}; "
                               f"its options are: {allowed}")
+        for key, value in options.items():
+            if key in OPTION_VALUES and not (value is None and self.options[key] is None):
+                takes, valid = OPTION_VALUES[key]
+                if not valid(value):
+                    raise ConfigError(f"option {key} of target {self.name!r} takes {takes}, got {value!r}")
         return {**self.options, **options}
 
     def require(self) -> None:
