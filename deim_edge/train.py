@@ -21,8 +21,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, DeimEdgeError
+
+if TYPE_CHECKING:
+    from .training.trainer import Trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,28 +90,40 @@ def data_paths(args: argparse.Namespace) -> tuple[str, str, str | None, str | No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    trainer = None
     try:
         from .training.distributed import teardown
         from .training.trainer import TrainConfig, Trainer
 
-        train_images, train_json, val_images, val_json = data_paths(args)
-        config = TrainConfig(train_images, train_json, val_images, val_json, variant=args.variant,
-                             epochs=args.epochs, batch_size=args.batch, imgsz=args.imgsz, lr_scale=args.lr_scale,
-                             device=args.device, amp=args.amp, workers=args.workers, seed=args.seed, out=args.out,
-                             eval_every=args.eval_every, resume=args.resume, init_from=args.init_from,
-                             progress=not args.no_progress, sync_bn=args.sync_bn,
-                             time_minutes=args.time)
+        config = TrainConfig("", "", variant=args.variant, epochs=args.epochs, batch_size=args.batch,
+                             imgsz=args.imgsz, lr_scale=args.lr_scale, device=args.device, amp=args.amp,
+                             workers=args.workers, seed=args.seed, out=args.out, eval_every=args.eval_every,
+                             resume=args.resume, init_from=args.init_from, progress=not args.no_progress,
+                             sync_bn=args.sync_bn, time_minutes=args.time)
+        config.check()  # bad options fail now, before any data is read or generated
+        config.train_images, config.train_json, config.val_images, config.val_json = data_paths(args)
         trainer = Trainer(config)
         history = trainer.fit()
         teardown()
     except DeimEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(trainer, args.out), file=sys.stderr)
+        return 130
     if history and trainer.dist.main:
         last = history[-1]
         ap = f", AP {last['AP']:.3f}, AP50 {last['AP50']:.3f}" if "AP" in last else ""
         print(f"done: {len(history)} epochs, last loss {last['loss']:.3f}{ap}; checkpoints in {args.out}")
     return 0
+
+
+def _interrupted(trainer: Trainer | None, out: str) -> str:
+    """What a run stopped by Ctrl-C left behind, and how to go on from it."""
+    if trainer is None or trainer.start_epoch == 0:
+        return "interrupted before the first epoch ended; no checkpoint was written"
+    last = Path(out) / "last.pth"
+    return f"interrupted; {last} holds the run up to epoch {trainer.start_epoch}: continue with --resume {last}"
 
 
 if __name__ == "__main__":

@@ -47,9 +47,11 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any],
                     trusted: bool = False) -> tuple[dict[str, Tensor], CheckpointRecord]:
     """The model weights (see read_state_dict) and the record a deim-edge training checkpoint keeps beside them:
     its variant, class names and input size, so export, predict and bench need none of them given again."""
-    obj = _load_file(source, trusted) if isinstance(source, (str, os.PathLike)) else source
+    is_file = isinstance(source, (str, os.PathLike))
+    obj = load_file(source, trusted) if is_file else source
+    what = str(source) if is_file else "the checkpoint"
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"a checkpoint must hold a dict, got {type(obj).__name__}")
+        raise CheckpointError(f"{what} must hold a dict, got {type(obj).__name__}")
     ema = obj.get("ema")
     if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
         state = ema["module"]
@@ -61,8 +63,8 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any],
         state = obj
     state = {_strip_wrappers(k): v for k, v in state.items()}
     if not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError("the checkpoint holds no state dict of tensors (expected keys 'model' or "
-                              "'ema.module', or a plain state dict)")
+        raise CheckpointError(f"{what} holds no state dict of tensors (expected keys 'model' or 'ema.module', or a "
+                              "plain state dict)")
     return state, _record(obj)
 
 
@@ -81,8 +83,12 @@ def _strip_wrappers(key: str) -> str:
     return re.sub(r"^(module\.|_orig_mod\.)+", "", key)
 
 
-def _load_file(path: str | os.PathLike, trusted: bool) -> Any:
+def load_file(path: str | os.PathLike, trusted: bool = False) -> Any:
+    """What torch.save wrote to `path` (weights-only unless `trusted`); CheckpointError when the file is missing,
+    a folder, corrupt or not written by torch.save."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the .pth file itself")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -94,7 +100,8 @@ def _load_file(path: str | os.PathLike, trusted: bool) -> Any:
                 f"trusted=True (torch: {_first_line_after(str(e), 'WeightsUnpickler error:')})") from e
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (expected a file written by torch.save)") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, IndexError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(e).split('. ')[0]}; copy or save it again") from e
 
 
 def _looks_like_torch_save(path: Path) -> bool:

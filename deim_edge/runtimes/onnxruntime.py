@@ -13,9 +13,14 @@ from ..decode import official_to_topk
 from ..errors import MissingDependencyError, ModelFileError
 from ..metadata import COCO_CLASSES, METADATA_KEY, OFFICIAL, ArtifactMetadata
 from ..variants import VARIANTS
+from . import check_count, model_file
 
-OFFICIAL_INPUTS = {"images", "orig_target_sizes"}
-OFFICIAL_OUTPUTS = {"labels", "boxes", "scores"}
+# the tensors of the public DEIMv2 export: name -> (ONNX Runtime type, shape; None: any size)
+OFFICIAL_INPUTS = {"images": ("tensor(float)", (None, 3, None, None)),  # [N,3,H,W]
+                   "orig_target_sizes": ("tensor(int64)", (None, 2))}  # [N,2] (w, h)
+OFFICIAL_OUTPUTS = {"labels": ("tensor(int64)", (None, None)),  # [N,K]
+                    "boxes": ("tensor(float)", (None, None, 4)),  # [N,K,4] xyxy pixels
+                    "scores": ("tensor(float)", (None, None))}  # [N,K]
 
 
 def import_onnxruntime():
@@ -57,13 +62,15 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        self.session = ort_session(path, threads, providers=providers or ["CPUExecutionProvider"], quiet=False)
+        self.session = ort_session(model_file(path), check_count("threads", threads),
+                                   providers=providers or ["CPUExecutionProvider"], quiet=False)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         custom = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY in custom:
             self.metadata = ArtifactMetadata.from_json(custom[METADATA_KEY])
-        elif set(self.input_names) == OFFICIAL_INPUTS and set(self.output_names) == OFFICIAL_OUTPUTS:
+        elif set(self.input_names) == set(OFFICIAL_INPUTS) and set(self.output_names) == set(OFFICIAL_OUTPUTS):
+            _check_official(path, self.session)
             self.metadata = _official_metadata(path, self.session)
         else:
             raise ModelFileError(
@@ -82,6 +89,26 @@ class OnnxRuntime:
                                                      images.shape[2:])
             return {"scores": scores, "labels": labels, "boxes": boxes}
         return outputs
+
+
+def _check_official(path: Path, session) -> None:
+    """ModelFileError unless the tensors named like the official export's have its types and shapes."""
+    wrong = []
+    for arg in (*session.get_inputs(), *session.get_outputs()):
+        kind, shape = {**OFFICIAL_INPUTS, **OFFICIAL_OUTPUTS}[arg.name]
+        fits = len(arg.shape) == len(shape) and all(want is None or got == want for got, want in zip(arg.shape, shape))
+        if arg.type != kind or not fits:
+            wrong.append(f"{arg.name} is {_tensor(arg.type, arg.shape)}, not {_tensor(kind, shape)}")
+    if wrong:
+        raise ModelFileError(f"{path} has the official DEIMv2 export's tensor names but not its tensors ("
+                             f"{'; '.join(wrong)}): it is no DEIMv2 export; export a checkpoint with "
+                             "python -m deim_edge.export")
+
+
+def _tensor(kind: str, shape) -> str:
+    """'tensor(float)', [None, 3, 'H', 640] -> 'float [?,3,?,640]'."""
+    dims = ",".join(str(d) if isinstance(d, int) else "?" for d in shape)
+    return f"{kind.removeprefix('tensor(').removesuffix(')')} [{dims}]"
 
 
 def _official_metadata(path: Path, session) -> ArtifactMetadata:

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ConfigError, ModelFileError
 from ..formats.openvino import import_openvino, metadata_of
 from ..metadata import HALF_FLOAT_OPS, OUTPUT_NAMES
+from . import check_count, model_file
 
 T = TypeVar("T")
 HINTS = ("latency", "throughput")
@@ -43,10 +44,9 @@ class OpenVinoRuntime:
             raise ConfigError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}")
         if precision is not None and precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (or None), got {precision!r}")
-        if not path.is_file():
-            raise ModelFileError(f"model file not found: {path}")
+        threads, streams = check_count("threads", threads), check_count("streams", streams)
         core = ov.Core()
-        model = _read_model(core, path)
+        model = _read_model(core, model_file(path))
         self.metadata = metadata_of(model, path)
         half_measured = self.metadata.precision == "int8" and HALF_FLOAT_OPS in self.metadata.extra
         if precision is None and device.upper() == "CPU" and self.metadata.precision != "fp16" and not half_measured:
@@ -55,9 +55,9 @@ class OpenVinoRuntime:
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            config["INFERENCE_NUM_THREADS"] = threads
         if streams:
-            config["NUM_STREAMS"] = int(streams)
+            config["NUM_STREAMS"] = streams
         try:
             self.compiled = core.compile_model(model, device, config)
         except RuntimeError as e:

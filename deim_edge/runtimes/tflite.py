@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ConfigError, MetadataError, MissingDependencyError, ModelFileError
 from ..formats.tflite import is_tflite, metadata_of
 from ..metadata import OUTPUT_NAMES, ArtifactMetadata
+from . import check_count, model_file
 
 INSTALL = "pip install 'deim-edge[tflite]' (or just ai-edge-litert to run)"
 
@@ -47,9 +48,8 @@ class TfliteRuntime:
     name = "tflite"
 
     def __init__(self, path: Path, threads: int | None = None, xnnpack: bool = True) -> None:
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
-        path = Path(path)
+        threads = check_count("threads", threads)
+        path = model_file(Path(path))
         try:
             data = path.read_bytes()
         except OSError as e:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelFileError
+from ..errors import ConfigError, CudaUnavailableError, MissingDependencyError, ModelFileError
 from ..metadata import COCO_CLASSES, RAW, ArtifactMetadata
 
 
@@ -29,6 +29,13 @@ class TorchRuntime:
         from ..models.checkpoint import guess_variant, load_checkpoint, read_checkpoint
 
         self._torch = torch
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise CudaUnavailableError(f"device {str(device)!r}: torch sees {torch.cuda.device_count()} CUDA GPUs; "
+                                       "use device='cpu'")
         state, record = read_checkpoint(path)
         variant = variant or record.variant
         input_size = input_size or record.input_size
@@ -41,6 +48,9 @@ class TorchRuntime:
         self.model = load_checkpoint(state, variant, input_size=input_size).deploy().to(device)
         self.device = device
         num_classes = self.model.decoder.num_classes
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"{len(class_names)} class_names given for a model of {num_classes} classes; give one "
+                              "name per class")
         names = class_names or (COCO_CLASSES if num_classes == 80 else [f"class{i}" for i in range(num_classes)])
         self.metadata = ArtifactMetadata.for_variant(variant, input_size=self.model.input_size, class_names=names,
                                                      batch=None)

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..accuracy import METRICS
-from ..errors import ConfigError, DeimEdgeError
-from ..fileio import atomic_path
+from ..errors import CheckpointError, ConfigError, DeimEdgeError
+from ..fileio import atomic_path, check_output
 from ..models import build_model, load_pretrained_backbone, read_state_dict, save_checkpoint
-from ..models.checkpoint import SIZE_DEPENDENT
+from ..models.checkpoint import SIZE_DEPENDENT, load_file
 from ..progress import Progress, warn
 from ..variants import get_variant
 from .collate import Collate
@@ -42,6 +43,7 @@ from .optim import build_optimizer
 from .schedule import FlatCosineSchedule
 
 LOSS_TERMS = ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")  # logged summed over all outputs
+RESUME_KEYS = ("model", "ema", "optimizer", "lr_scheduler", "epoch", "variant", "num_classes")  # of every last.pth
 
 
 @dataclasses.dataclass
@@ -68,6 +70,30 @@ class TrainConfig:
     progress: bool = True
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
     time_minutes: float | None = None  # a budget: the schedule is fitted into it and training stops at it
+
+    def check(self) -> None:
+        """ConfigError (OutputPathError for `out`) for option values no run can use. Reads no data: the command
+        line checks before it reads or generates any."""
+        get_variant(self.variant)
+        for flag, value in (("--epochs", self.epochs), ("--batch", self.batch_size), ("--eval-every", self.eval_every)):
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ConfigError(f"{flag} must be a whole number of at least 1, got {value!r}")
+        for flag, value in (("--workers", self.workers), ("--seed", self.seed)):
+            if not (_is_int(value) and value >= 0):
+                raise ConfigError(f"{flag} must be a whole number of at least 0, got {value!r}")
+        if self.imgsz is not None and not (_is_int(self.imgsz) and self.imgsz > 0 and self.imgsz % 32 == 0):
+            raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320 or 640), got {self.imgsz!r}")
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise ConfigError(f"--lr-scale must be a positive number, got {self.lr_scale}")
+        if self.time_minutes is not None and not (math.isfinite(self.time_minutes) and self.time_minutes > 0):
+            raise ConfigError(f"--time must be a positive number of minutes, got {self.time_minutes}")
+        if self.resume and self.init_from:
+            raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}") from None
+        check_output(self.out, folder=True)
 
 
 class EpochSamples(Dataset):
@@ -135,33 +161,24 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         c = self.config = config
+        c.check()
+        resume = read_resume(c.resume) if c.resume else None  # a file that is no last.pth fails before the data loads
         self.budget = None if c.time_minutes is None else TimeBudget(c.time_minutes)  # its clock starts now
         self.variant = get_variant(c.variant)
         self.out = Path(c.out)
         self.dist, device = setup(c.device)  # one process, or this one of torchrun's
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {c.device} was given but torch sees {torch.cuda.device_count()} CUDA GPUs; "
+                              "use --device cpu, or cuda:N with N below that count")
         self.amp = bool(c.amp)
         if self.amp and self.device.type == "cpu" and not _native_bf16():
             raise ConfigError("--amp on a CPU trains in bfloat16, which this CPU has no instructions for (it needs "
                               "AVX512-BF16 or AMX, see /proc/cpuinfo); train without --amp")
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        if c.batch_size is not None and c.batch_size < 1 or c.eval_every is not None and c.eval_every < 1 \
-                or c.lr_scale <= 0:
-            raise ConfigError("batch_size and eval_every must be at least 1 and lr_scale positive")
-        if c.epochs is not None and c.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {c.epochs}")
-        if c.time_minutes is not None and not c.time_minutes > 0:
-            raise ConfigError(f"the time budget must be a positive number of minutes, got {c.time_minutes}")
-        if c.resume and c.init_from:
-            raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
         if c.time_minutes is not None and self.dist.enabled:  # each process would time itself and fit its own plan
             raise ConfigError("--time is for one process; under torchrun give --epochs")
-        size = c.imgsz or self.variant.input_size
-        if size % 32:
-            raise ConfigError(f"imgsz must be a multiple of 32, got {size}")
-        self.size = size
+        self.size = size = c.imgsz or self.variant.input_size
 
         self.train_set = CocoDetection(c.train_images, c.train_json)
         self.val_set = CocoDetection(c.val_images, c.val_json) if c.val_json else None
@@ -212,8 +229,8 @@ class Trainer:
         self.ema = ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmups)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.start_epoch, self.best_ap, self.history = 0, -1.0, []
-        if c.resume:
-            self._resume(c.resume)
+        if resume is not None:
+            self._resume(resume, c.resume)
         elif self.budget is not None and c.epochs is None:
             epoch_s = self._probe_epoch_seconds()
             eval_s = 0.2 * epoch_s if self.val_set is not None else 0.0  # a guess until the first evaluation
@@ -276,12 +293,12 @@ class Trainer:
         step_s = min(steps) * 1.15 + load_s / max(1, self.config.workers)  # + optimizer, EMA and log overhead
         return self.iters_per_epoch * step_s
 
-    def _resume(self, path: str) -> None:
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        if ckpt.get("variant") != self.variant.name or ckpt.get("num_classes") != self.train_set.num_classes:
-            raise ConfigError(f"{path} is a {ckpt.get('variant')} checkpoint with {ckpt.get('num_classes')} classes; "
-                              f"this run is {self.variant.name} with {self.train_set.num_classes}: resume with the "
-                              "same variant and data, or use --init-from")
+    def _resume(self, ckpt: dict, path: str) -> None:
+        run = (ckpt["variant"], ckpt["num_classes"], ckpt.get("input_size", [self.size] * 2))
+        if run != (self.variant.name, self.train_set.num_classes, [self.size] * 2):
+            raise ConfigError(f"{path} is a run of {run[0]} with {run[1]} classes at {run[2][0]} px; this one is "
+                              f"{self.variant.name} with {self.train_set.num_classes} at {self.size}: resume with the "
+                              "same --variant, data and --imgsz, or start a new run from it with --init-from")
         if self.config.epochs is None and ckpt.get("epochs", self.epochs) != self.epochs:  # a run fitted to a budget
             self.refit(int(ckpt["epochs"]), warmup_iters=int(ckpt["lr_scheduler"]["warmup"]))
         if ckpt["lr_scheduler"]["total"] != self.schedule.total:
@@ -442,6 +459,21 @@ class Trainer:
         save_checkpoint(self.out / "last.pth", self.model, self.ema.module, ema_updates=self.ema.updates, **extra)
         if improved:
             save_checkpoint(self.out / "best.pth", self.model, self.ema.module, ema_updates=self.ema.updates, **extra)
+
+
+def read_resume(path: str) -> dict:
+    """The state of an interrupted run in its last.pth; CheckpointError when the file is none."""
+    ckpt = load_file(path)
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, Mapping) else list(RESUME_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is not the last.pth of a deim-edge run (it has no {', '.join(missing)}): "
+                              "resume from OUT/last.pth of the run, or start a new run from its weights with "
+                              "--init-from")
+    return ckpt
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _float32(obj: Any) -> Any:
