@@ -3,8 +3,6 @@ other ONNX model (a YOLO, say) through ONNX Runtime alone, fed random inputs of 
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError, ModelFileError
 from ..formats import FORMATS, format_of, get_format
 from ..preprocess import load_image
-from ..runtimes import runtime_for
+from ..runtimes import runtime_for, runtime_options
 
 OURS, FOREIGN = "deim-edge", "foreign"
 # seconds of (preprocess, inference, decode) of one call; None where a candidate has no such stage
@@ -167,9 +165,7 @@ def thread_option(runtime: str, threads: int | None, notes: list[str]) -> dict[s
     """{"threads": threads} when the runtime takes a thread count; else {} and a note saying so."""
     if threads is None:
         return {}
-    module, cls = get_format(runtime).runtime_class.split(":")
-    parameters = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
-    if "threads" in parameters:
+    if "threads" in runtime_options(get_format(runtime)):
         return {"threads": threads}
     notes.append(f"{runtime} takes no thread count: runtime default")
     return {}
