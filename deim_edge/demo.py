@@ -121,17 +121,14 @@ class Source:
         from .export.weights import random_model
         from .metadata import COCO_CLASSES
         from .models import load_checkpoint
-        from .models.checkpoint import guess_variant, read_checkpoint
+        from .models.checkpoint import read_checkpoint, variant_of
         from .synthetic import class_names
 
         if self.checkpoint is None:
             return random_model(VARIANT, num_classes=RANDOM_CLASSES), class_names(RANDOM_CLASSES)
         step(f"loading {self.checkpoint}")
         state, record = read_checkpoint(self.checkpoint)
-        variant = record.variant or guess_variant(state)
-        if variant is None:
-            raise ConfigError(f"cannot tell which DEIMv2 variant {self.checkpoint} holds")
-        model = load_checkpoint(state, variant, input_size=record.input_size)
+        model = load_checkpoint(state, variant_of(state, record, None, self.checkpoint), input_size=record.input_size)
         classes = model.decoder.num_classes
         names = record.class_names
         if names is None:

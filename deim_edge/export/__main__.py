@@ -21,7 +21,11 @@ from .registry import targets
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deim_edge.export",
                                 description="Export a DEIMv2 checkpoint to a deployable artifact with its metadata.")
-    p.add_argument("--checkpoint", help="a .pth checkpoint (official DEIMv2 or deim-edge); none: random weights")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="a .pth checkpoint (official DEIMv2 or deim-edge), or a Hugging Face "
+                        "Hub-layout folder (model.safetensors + config.json); none: random weights")
+    source.add_argument("--hub", metavar="REPO", help="download the checkpoint from the Hugging Face Hub, e.g. "
+                        "Intellindust/DEIMv2_HGNetv2_PICO_COCO (needs the hub extra; written to ./<repo name>)")
     p.add_argument("--variant", help="e.g. deimv2-pico; default: guessed from the checkpoint")
     p.add_argument("--target", default="onnx", help="artifact kind (default onnx); see --list-targets")
     p.add_argument("--imgsz", type=int, nargs="+", metavar="N", help="input size: N, or H W (multiples of 32); "
@@ -102,12 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.build_engine:
         return build_engine(args.build_engine, args.out)
-    return _run(lambda: export(args.checkpoint, target=args.target, variant=args.variant, imgsz=args.imgsz,
+    return _run(lambda: export(_checkpoint(args), target=args.target, variant=args.variant, imgsz=args.imgsz,
                                out=args.out, decode=args.decode, max_det=args.max_det, batch=args.batch,
                                dynamic_batch=args.dynamic_batch, class_names=args.class_names, progress=True,
                                calib_data=args.calib_data, calib_size=args.calib_size,
                                calib_method=args.calib_method, recipe=args.recipe, max_drop=args.max_drop,
                                val_data=args.val_data, **_target_options(args)))
+
+
+def _checkpoint(args: argparse.Namespace) -> str | None:
+    """--checkpoint, or the local folder of --hub's repo (downloaded into huggingface_hub's cache)."""
+    if args.hub is None:
+        return args.checkpoint
+    from ..models.hub import download_hub
+
+    return str(download_hub(args.hub))
 
 
 def build_engine(bundle: str, out: str | None = None) -> int:

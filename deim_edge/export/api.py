@@ -257,7 +257,7 @@ def _load(source: Any, variant: str | Variant | None,
     from torch import nn
 
     from ..models import load_checkpoint
-    from ..models.checkpoint import guess_variant, read_checkpoint
+    from ..models.checkpoint import read_checkpoint, variant_of
     from ..models.deimv2 import DEIMv2, check_input_size
     from .weights import random_model
 
@@ -287,9 +287,7 @@ def _load(source: Any, variant: str | Variant | None,
     else:
         step(f"reading {source}")
         state, record = read_checkpoint(source)
-        v = get_variant(variant or record.variant) if variant or record.variant else guess_variant(state)
-        if v is None:
-            raise ConfigError(f"cannot tell which DEIMv2 variant {source} holds; pass --variant")
+        v = variant_of(state, record, variant, source)
         size = size or record.input_size or (v.input_size, v.input_size)
         check_input_size(v, *size)
         step(f"building {v.name} at {size[0]}x{size[1]} with the checkpoint's weights")
@@ -334,9 +332,13 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
 
 def _out_path(out: str | os.PathLike | None, checkpoint: Path | None, variant: Variant, suffix: str) -> Path:
     """Where the artifact goes: `out`, a file named like the checkpoint (or variant) inside folder `out`,
-    or that file beside the checkpoint (or in the working folder)."""
-    stem = checkpoint.stem if checkpoint is not None else variant.name
+    or that file beside the checkpoint (or in the working folder: no checkpoint, or one in the Hub's cache,
+    named like its repo)."""
+    from ..models.hub import hub_cache_repo
+
+    repo = hub_cache_repo(checkpoint) if checkpoint is not None else None
+    stem = repo or (checkpoint.stem if checkpoint is not None else variant.name)
     if out is None:
-        return (checkpoint.parent if checkpoint is not None else Path()) / f"{stem}{suffix}"
+        return (checkpoint.parent if checkpoint is not None and repo is None else Path()) / f"{stem}{suffix}"
     folder = Path(out).is_dir() and Path(out).suffix.lower() != suffix  # an existing .mlpackage is replaced
     return Path(out) / f"{stem}{suffix}" if folder else Path(out)

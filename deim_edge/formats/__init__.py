@@ -129,7 +129,8 @@ FORMATS: tuple[Format, ...] = (
            ("tensorrt",), "tensorrt", metadata="deim_edge.formats.tensorrt", aliases=("trt",),
            checks={"fp32": FP32_EXACT, "fp16": Check(min_share=0.5), "int8": Check(min_share=0.3)},
            int8="deim_edge.export.tensorrt:INT8_HOOKS", needs_gpu=True),
-    Format("torch", (".pth", ".pt"), "torch", "deim_edge.runtimes.torch:TorchRuntime", ("torch",), "torch",
+    # .safetensors and a folder holding model.safetensors: the Hugging Face Hub layout of the official weights
+    Format("torch", (".pth", ".pt", ".safetensors"), "torch", "deim_edge.runtimes.torch:TorchRuntime", ("torch",), "torch",
            aliases=("pytorch", "pth")),
 )
 
@@ -144,7 +145,10 @@ def get_format(name: str) -> Format:
 
 
 def format_of(path: str | Path) -> Format:
-    """The format of an artifact, by its file suffix; ModelFileError listing the known suffixes otherwise."""
+    """The format of an artifact, by its file suffix (a Hub-layout folder: torch); ModelFileError listing the known
+    suffixes otherwise."""
+    if (Path(path) / "model.safetensors").is_file():
+        return get_format("torch")
     suffix = Path(path).suffix.lower()
     for fmt in FORMATS:
         if suffix in fmt.suffixes:

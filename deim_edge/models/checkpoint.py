@@ -17,6 +17,7 @@ from ..errors import CheckpointError
 from ..fileio import atomic_path
 from ..variants import VARIANTS, Variant, get_variant
 from .deimv2 import DEIMv2, build_model
+from .hub import hub_weights, input_size_of_config, read_hub, variant_of_config
 
 # Buffers that depend on the input size: regenerated for the requested size, never copied.
 SIZE_DEPENDENT = ("decoder.anchors", "decoder.valid_mask")
@@ -48,6 +49,9 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any],
     """The model weights (see read_state_dict) and the record a deim-edge training checkpoint keeps beside them:
     its variant, class names and input size, so export, predict and bench need none of them given again."""
     is_file = isinstance(source, (str, os.PathLike))
+    if is_file and (weights := hub_weights(source)) is not None:  # a Hugging Face Hub-layout folder or file
+        state, config = read_hub(weights)
+        return state, CheckpointRecord(variant_of_config(config), None, input_size_of_config(config))
     obj = load_file(source, trusted) if is_file else source
     what = str(source) if is_file else "the checkpoint"
     if not isinstance(obj, Mapping):
@@ -160,33 +164,68 @@ def _report(variant: Variant, state: Mapping[str, Tensor], missing: list, unexpe
     return "\n".join(lines)
 
 
-def load_checkpoint(source: str | os.PathLike | Mapping[str, Any], variant: str | Variant,
+def variant_of(state: Mapping[str, Tensor], record: CheckpointRecord, variant: str | Variant | None,
+               source: Any = "the checkpoint") -> Variant:
+    """`variant` when given, else the one the checkpoint records (a deim-edge run, a Hub config.json), else the
+    one its weights match; CheckpointError when none tells."""
+    if variant is not None:
+        return get_variant(variant)
+    if record.variant is not None:
+        return get_variant(record.variant)
+    guessed = guess_variant(state)
+    if guessed is None:
+        raise CheckpointError(f"cannot tell which DEIMv2 variant {source} is; give the variant "
+                              f"(one of {', '.join(VARIANTS)})")
+    return guessed
+
+
+def load_checkpoint(source: str | os.PathLike | Mapping[str, Any], variant: str | Variant | None = None,
                     input_size: int | tuple[int, int] | None = None, num_classes: int | None = None,
                     trusted: bool = False) -> DEIMv2:
-    """A `variant` model with the weights of an official (or deim-edge) checkpoint, in eval mode.
+    """A `variant` model with the weights of an official (or deim-edge, or Hub-layout) checkpoint, in eval mode.
 
-    Keys and shapes are checked strictly; the anchors and valid mask are rebuilt for
-    `input_size` (default: the variant's), so a checkpoint trained at one size loads for another.
-    Deploy-mode state dicts load into a deployed model. num_classes defaults to the checkpoint's.
+    The variant defaults to the one the checkpoint records or its weights match. Keys and shapes are checked
+    strictly; names a file stores once for several modules sharing a tensor (safetensors) are filled from the
+    model's own sharing. The anchors and valid mask are rebuilt for `input_size` (default: the checkpoint's,
+    else the variant's), so a checkpoint trained at one size loads for another. Deploy-mode state dicts load
+    into a deployed model. num_classes defaults to the checkpoint's.
     """
-    variant = get_variant(variant)
-    state = read_state_dict(source, trusted=trusted)
+    state, record = read_checkpoint(source, trusted=trusted)
+    variant = variant_of(state, record, variant, source if isinstance(source, (str, os.PathLike)) else "the "
+                         "checkpoint")
+    input_size = input_size or record.input_size
     if num_classes is None:
         num_classes = state[SCORE_HEAD].shape[0] if SCORE_HEAD in state else variant.num_classes
     model = build_model(variant, num_classes=num_classes, input_size=input_size)
-    problems = _disagreements(model, state)
+    filled = _with_shared(model, state)
+    problems = _disagreements(model, filled)
     if any(problems):  # a deploy-mode state dict? then it loads into a deployed model
         deployed = build_model(variant, num_classes=num_classes, input_size=input_size).deploy()
-        deployed_problems = _disagreements(deployed, state)
+        deployed_filled = _with_shared(deployed, state)
+        deployed_problems = _disagreements(deployed, deployed_filled)
         if not any(deployed_problems):
-            model = deployed
+            model, filled = deployed, deployed_filled
         else:
             closest = min(problems, deployed_problems, key=lambda p: sum(map(len, p)))
             raise CheckpointError(_report(variant, state, *closest))
     own = model.state_dict()
-    state = {k: (own[k] if k in SIZE_DEPENDENT else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    filled = {k: (own[k] if k in SIZE_DEPENDENT else v) for k, v in filled.items()}
+    model.load_state_dict(filled, strict=True)
     return model.eval()
+
+
+def _with_shared(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with the names it lacks filled where the model shares one tensor under several names (the
+    decoder's shared box head, up, reg_scale) and the state holds one of them: safetensors stores each once."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(key)
+    filled = dict(state)
+    for keys in groups.values():
+        present = [k for k in keys if k in state]
+        if present and len(present) < len(keys):
+            filled.update({k: state[present[0]] for k in keys if k not in state})
+    return filled
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, CudaUnavailableError, MissingDependencyError, ModelFileError
+from ..errors import ConfigError, CudaUnavailableError, MissingDependencyError
 from ..metadata import COCO_CLASSES, RAW, ArtifactMetadata
 
 
@@ -26,7 +26,7 @@ class TorchRuntime:
         except ImportError as e:
             raise MissingDependencyError("running a .pth checkpoint needs PyTorch: pip install 'deim-edge[torch]'; "
                                          "or export it: python -m deim_edge.export --checkpoint ...") from e
-        from ..models.checkpoint import guess_variant, load_checkpoint, read_checkpoint
+        from ..models.checkpoint import load_checkpoint, read_checkpoint, variant_of
 
         self._torch = torch
         try:
@@ -37,14 +37,9 @@ class TorchRuntime:
             raise CudaUnavailableError(f"device {str(device)!r}: torch sees {torch.cuda.device_count()} CUDA GPUs; "
                                        "use device='cpu'")
         state, record = read_checkpoint(path)
-        variant = variant or record.variant
+        variant = variant_of(state, record, variant, path).name
         input_size = input_size or record.input_size
         class_names = class_names or record.class_names
-        if variant is None:
-            guessed = guess_variant(state)
-            if guessed is None:
-                raise ModelFileError(f"cannot tell which DEIMv2 variant {path} is; pass variant=")
-            variant = guessed.name
         self.model = load_checkpoint(state, variant, input_size=input_size).deploy().to(device)
         self.device = device
         num_classes = self.model.decoder.num_classes
