@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import get_activation
+from .sampling import sample
 
 
 def prior_prob_bias(prior_prob: float) -> float:
@@ -87,6 +88,7 @@ class MSDeformableAttention(nn.Module):
         self.num_heads = num_heads
         self.num_points = list(num_points)
         self.offset_scale = offset_scale
+        self.sampling = "grid"  # or "gather": the same bilinear sampling without GridSample (models/sampling.py)
         total = sum(self.num_points)
         scale = [1 / n for n in self.num_points for _ in range(n)]
         self.register_buffer("num_points_scale", torch.tensor(scale, dtype=torch.float32))  # [P]
@@ -126,8 +128,7 @@ class MSDeformableAttention(nn.Module):
         head_dim = value[0].shape[1]
         samples = []
         for level_value, level_grid in zip(value, grids.split(self.num_points, dim=-2), strict=True):
-            samples.append(F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros",
-                                         align_corners=False))  # [B*heads, C/heads, Q, P_l]
+            samples.append(sample(level_value, level_grid, self.sampling))  # [B*heads, C/heads, Q, P_l]
         weights = weights.permute(0, 2, 1, 3).reshape(bs * self.num_heads, 1, num_q, total)
         out = (torch.cat(samples, dim=-1) * weights).sum(-1)  # [B*heads, C/heads, Q]
         return out.reshape(bs, self.num_heads * head_dim, num_q).permute(0, 2, 1)

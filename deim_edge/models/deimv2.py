@@ -9,9 +9,11 @@ from ..errors import ConfigError, DeimEdgeError, InputSizeError
 from ..sizes import as_hw
 from ..variants import Variant, get_variant
 from .decoder import DEIMv2Decoder
+from .decoder_layers import MSDeformableAttention
 from .hgnetv2 import HGNETV2_CONFIGS, HGNetv2
 from .hybrid_encoder import HybridEncoder
 from .lite_encoder import LiteEncoder
+from .sampling import SAMPLINGS
 from .sta import ViTAdapterBackbone
 
 STRIDE = 32  # every variant's coarsest feature map
@@ -73,6 +75,16 @@ class DEIMv2(nn.Module):
         size = as_hw(input_size)
         check_input_size(self.variant, *size)
         self.decoder.set_input_size(size)
+
+    def set_sampling(self, sampling: str) -> "DEIMv2":
+        """How the decoder's deformable attention samples its maps: "grid" (GridSample) or "gather" (the
+        same numbers from gathers and arithmetic, for runtimes and NPUs without GridSample)."""
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        for m in self.modules():
+            if isinstance(m, MSDeformableAttention):
+                m.sampling = sampling
+        return self
 
     def deploy(self) -> "DEIMv2":
         """Switch to eval and apply the official deploy step (drop training heads, fuse convs)."""
