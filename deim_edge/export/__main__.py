@@ -14,7 +14,7 @@ from ..calibration.settings import DEFAULT_SIZE, METHODS, RECIPES
 from ..errors import ConfigError, DeimEdgeError
 from ..metadata import COCO_CLASSES
 from ..progress import reporting
-from .api import DECODES, export
+from .api import DECODES, PROFILES, export
 from .registry import targets
 
 
@@ -35,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     p.add_argument("--out", help="output file or folder; default: beside the checkpoint, or ./<variant><suffix>")
-    p.add_argument("--decode", choices=list(DECODES), default="graph",
+    p.add_argument("--decode", choices=list(DECODES),
                    help="graph: top-k in the artifact (scores, labels, boxes; default); host: raw logits and boxes")
+    p.add_argument("--profile", choices=PROFILES, default="default",
+                   help="npu: the graph NPUs convert (Rockchip, Hailo, Qualcomm): no GridSample, no TopK, decoded on "
+                        "the host, fixed batch, ops checked against RKNN's list")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image (default 300)")
     p.add_argument("--class-names", metavar="FILE",
                    help=f"one name per line, or a JSON list (default: the {len(COCO_CLASSES)} COCO classes)")
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_engine:
         return build_engine(args.build_engine, args.out)
     return _run(lambda: export(_checkpoint(args), target=args.target, variant=args.variant, imgsz=args.imgsz,
-                               out=args.out, decode=args.decode, max_det=args.max_det, batch=args.batch,
+                               out=args.out, decode=args.decode, profile=args.profile, max_det=args.max_det,
+                               batch=args.batch,
                                dynamic_batch=args.dynamic_batch, class_names=args.class_names, progress=True,
                                calib_data=args.calib_data, calib_size=args.calib_size,
                                calib_method=args.calib_method, recipe=args.recipe, max_drop=args.max_drop,

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 DECODES = {"host": RAW, "graph": TOPK}  # --decode -> output layout
+PROFILES = ("default", "npu")  # --profile: the model's operators (DEIMv2.set_ops)
 FOLDER_SUFFIXES = (".mlpackage",)  # artifacts that are folders
 
 
 def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Module | None = None,
            target: str = "onnx", variant: str | Variant | None = None, imgsz: int | Sequence[int] | None = None,
-           out: str | os.PathLike | None = None, *, decode: str = "graph", max_det: int = 300, batch: int = 1,
+           out: str | os.PathLike | None = None, *, decode: str | None = None, profile: str = "default",
+           max_det: int = 300, batch: int = 1,
            dynamic_batch: bool = False,
            class_names: str | os.PathLike | Sequence[str] | None = None, progress: bool = False,
            calib_data: str | os.PathLike | None = None, calib_size: int = DEFAULT_CALIB_SIZE,
@@ -38,8 +40,10 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     weights of `variant`, to `target`; returns the path written.
 
     imgsz: int or (h, w), multiples of 32 (default: the variant's, or the model's). decode
-    'graph' puts top-k in the artifact (TOPK: scores, labels, boxes); 'host' leaves logits and
-    boxes for the host (RAW). class_names: names or a file (one per line, or a JSON list);
+    'graph' puts top-k in the artifact (TOPK: scores, labels, boxes; the default); 'host' leaves logits and
+    boxes for the host (RAW). profile 'npu' builds the graph NPUs convert: no GridSample, no TopK (the same
+    numbers from gathers, comparisons and arithmetic), decoded on the host, a fixed batch, and its ops checked
+    against Rockchip RKNN's list before the export is written. class_names: names or a file (one per line, or a JSON list);
     COCO's 80 by default. Target options (e.g. opset, simplify for onnx) go in **options.
     out defaults to the checkpoint's path (or `<variant>`) with the target's suffix; a folder
     takes that name inside it. Nothing is left at `out` when the export fails.
@@ -66,7 +70,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
 
         find_val_data(val_data)
     target_options = tgt.resolve_options(options)
-    layout = _layout(decode)
+    layout = _layout(_decode(decode, profile, dynamic_batch))
     batch_size = _batch(batch, dynamic_batch)
     if int(max_det) < 1:
         raise ConfigError(f"max_det must be at least 1, got {max_det}")
@@ -74,6 +78,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         raise ConfigError(f"the output {out} must end with {tgt.suffix} (runtimes are chosen by file suffix)")
     with reporting(progress):
         model, source, stored_names = _load(checkpoint_or_model, variant, imgsz)
+        model.set_ops(profile)  # "default" or "npu": the model's operators (models/deimv2.py)
         v = model.variant
         num_classes = model.decoder.num_classes
         names = _class_names(class_names if class_names is not None else stored_names, num_classes)
@@ -81,6 +86,8 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         k = min(int(max_det), v.decoder.num_queries * num_classes) if layout == TOPK else int(max_det)
         metadata = ArtifactMetadata.for_variant(v, input_size=model.input_size, class_names=names, output=layout,
                                                 batch=batch_size, precision=tgt.precision).with_(max_det=k)
+        if profile == "npu":
+            metadata = metadata.with_(extra={**metadata.extra, "profile": profile})
         path = check_output(_out_path(out, source, v, tgt.suffix), folder=tgt.suffix in FOLDER_SUFFIXES)
         step(f"exporting to {tgt.name}: {path}")
         try:
@@ -232,6 +239,21 @@ def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metad
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     step(f"accuracy report: {dest}")
+
+
+def _decode(decode: str | None, profile: str, dynamic_batch: bool) -> str:
+    """--decode, defaulted and checked against --profile: the npu profile decodes on the host (the graph's
+    top-k is a TopK, which NPUs lack) at a fixed batch."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if profile != "npu":
+        return decode or "graph"
+    if decode not in (None, "host"):
+        raise ConfigError("the npu profile decodes on the host (top-k in the graph is a TopK, which NPUs lack): "
+                          "leave --decode out or give --decode host")
+    if dynamic_batch:
+        raise ConfigError("the npu profile needs a fixed batch (NPU compilers take static shapes): give --batch N")
+    return "host"
 
 
 def _layout(decode: str) -> str:

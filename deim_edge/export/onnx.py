@@ -21,6 +21,7 @@ from ..errors import ExportError
 from ..formats.onnx import embed
 from ..metadata import ArtifactMetadata
 from .fold import clip_negative_shifts, fold_affine_scales
+from .op_support import check_ops
 from .graph import wrap
 from ..progress import step, warn
 
@@ -79,6 +80,9 @@ def build_onnx(model: nn.Module, metadata: ArtifactMetadata, opset: int = 17, si
     folded = fold_affine_scales(proto)
     if folded:
         step(f"folded {folded} affine scales into their convolutions")
+    if metadata.extra.get("profile") == "npu":
+        step("checking the ops against Rockchip RKNN's list (the npu profile)")
+        check_ops(proto, "rknn")
     embed(proto, metadata)
     step("checking")
     try:

@@ -9,6 +9,7 @@ from .box_ops import inverse_sigmoid
 from .decoder_layers import LQE, MLP, DecoderLayer, prior_prob_bias
 from .denoising import make_denoising_group
 from .fdr import distance2bbox, integral, weighting_function
+from .ranking import take_top, top_onehot
 
 ANCHOR_EPS = 1e-2  # anchors with a coordinate this close to 0 or 1 are invalid
 
@@ -145,6 +146,7 @@ class DEIMv2Decoder(nn.Module):
         self.hidden_dim = hidden_dim
         self.num_classes = num_classes
         self.num_queries = num_queries
+        self.ranking = "topk"  # or "compare": the query selection without TopK (models/ranking.py)
         self.num_denoising = num_denoising
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
@@ -246,11 +248,17 @@ class DEIMv2Decoder(nn.Module):
         anchors, valid_mask = self._anchors_for(spatial_shapes, memory)
         memory = valid_mask.to(memory.dtype) * memory
         enc_logits = self.enc_score_head(memory)  # [B, L, classes]
-        topk_ind = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=-1).indices  # [B, K]
+        if self.ranking == "compare":  # no TopK or Gather in the graph (models/ranking.py)
+            onehot = top_onehot(enc_logits.max(-1).values, self.num_queries)  # [B, K, L]
 
-        def take(x: Tensor) -> Tensor:
-            x = x.expand(memory.shape[0], -1, -1)
-            return x.gather(1, topk_ind.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            def take(x: Tensor) -> Tensor:
+                return take_top(onehot, x)
+        else:
+            topk_ind = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=-1).indices  # [B, K]
+
+            def take(x: Tensor) -> Tensor:
+                x = x.expand(memory.shape[0], -1, -1)
+                return x.gather(1, topk_ind.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
         topk_memory = take(memory)
         boxes_unact = self.enc_bbox_head(topk_memory) + take(anchors)  # [B, K, 4]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import get_activation
+from .ranking import topk_values
 from .sampling import sample
 
 
@@ -177,6 +178,7 @@ class LQE(nn.Module):
         super().__init__()
         self.k = k
         self.reg_max = reg_max
+        self.ranking = "topk"  # or "compare": the top-k bins without TopK (models/ranking.py)
         self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers, act=act)
         nn.init.zeros_(self.reg_conf.layers[-1].weight)
         nn.init.zeros_(self.reg_conf.layers[-1].bias)
@@ -185,6 +187,6 @@ class LQE(nn.Module):
         """scores [B, Q, classes]; corners [B, Q, 4 * (reg_max + 1)] -> scores [B, Q, classes]."""
         bs, num_q, _ = corners.shape
         prob = F.softmax(corners.reshape(bs, num_q, 4, self.reg_max + 1), dim=-1)
-        top = prob.topk(self.k, dim=-1).values  # [B, Q, 4, k]
+        top = topk_values(prob, self.k) if self.ranking == "compare" else prob.topk(self.k, dim=-1).values  # [B,Q,4,k]
         stat = torch.cat([top, top.mean(dim=-1, keepdim=True)], dim=-1)
         return scores + self.reg_conf(stat.reshape(bs, num_q, -1))

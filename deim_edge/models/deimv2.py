@@ -9,11 +9,10 @@ from ..errors import ConfigError, DeimEdgeError, InputSizeError
 from ..sizes import as_hw
 from ..variants import Variant, get_variant
 from .decoder import DEIMv2Decoder
-from .decoder_layers import MSDeformableAttention
+from .decoder_layers import LQE, MSDeformableAttention
 from .hgnetv2 import HGNETV2_CONFIGS, HGNetv2
 from .hybrid_encoder import HybridEncoder
 from .lite_encoder import LiteEncoder
-from .sampling import SAMPLINGS
 from .sta import ViTAdapterBackbone
 
 STRIDE = 32  # every variant's coarsest feature map
@@ -37,6 +36,9 @@ def check_input_size(variant: Variant, height: int, width: int) -> None:
 
 def _positions(variant: Variant, height: int, width: int) -> int:
     return sum((height // s) * (width // s) for s in variant.decoder.feat_strides)
+
+
+OPS = ("default", "npu")  # set_ops
 
 
 def _nearest(n: int) -> int:
@@ -76,14 +78,18 @@ class DEIMv2(nn.Module):
         check_input_size(self.variant, *size)
         self.decoder.set_input_size(size)
 
-    def set_sampling(self, sampling: str) -> "DEIMv2":
-        """How the decoder's deformable attention samples its maps: "grid" (GridSample) or "gather" (the
-        same numbers from gathers and arithmetic, for runtimes and NPUs without GridSample)."""
-        if sampling not in SAMPLINGS:
-            raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    def set_ops(self, ops: str) -> "DEIMv2":
+        """The operators the graph is built from: "default" (GridSample for the deformable attention's sampling,
+        TopK for the query selection and the LQE) or "npu" (the same numbers from gathers, comparisons and
+        arithmetic, for runtimes and NPUs without GridSample or TopK: models/sampling.py, models/ranking.py)."""
+        if ops not in OPS:
+            raise ConfigError(f"ops must be one of {', '.join(OPS)}, got {ops!r}")
+        npu = ops == "npu"
         for m in self.modules():
             if isinstance(m, MSDeformableAttention):
-                m.sampling = sampling
+                m.sampling = "gather" if npu else "grid"
+            if isinstance(m, (DEIMv2Decoder, LQE)):
+                m.ranking = "compare" if npu else "topk"
         return self
 
     def deploy(self) -> "DEIMv2":
