@@ -167,6 +167,12 @@ for _precision in ("fp32", "fp16"):
                     f"to build it on the device",
     ))
 
+register(Target(
+    name="executorch", format="executorch", extra="executorch", requires=("torch", "executorch"),
+    entry="deim_edge.export.executorch:export_executorch", options={"verify": True}, precision="fp32",
+    description="ExecuTorch program (.pte), XNNPACK delegate, fp32 (Android, iOS, embedded Linux)",
+))
+
 # INT8: calibrated on the user's images (--calib-data), layers chosen by calibration.int8 with the format's
 # INT8 hooks, measured by the gate
 register(Target(

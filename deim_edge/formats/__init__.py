@@ -129,6 +129,9 @@ FORMATS: tuple[Format, ...] = (
            ("tensorrt",), "tensorrt", metadata="deim_edge.formats.tensorrt", aliases=("trt",),
            checks={"fp32": FP32_EXACT, "fp16": Check(min_share=0.5), "int8": Check(min_share=0.3)},
            int8="deim_edge.export.tensorrt:INT8_HOOKS", needs_gpu=True),
+    Format("executorch", (".pte",), "executorch", "deim_edge.runtimes.executorch:ExecutorchRuntime",
+           ("executorch", "torch"), "executorch", metadata="deim_edge.formats.executorch", aliases=("et", "pte"),
+           checks={"fp32": FP32_EXACT}),
     # .safetensors and a folder holding model.safetensors: the Hugging Face Hub layout of the official weights
     Format("torch", (".pth", ".pt", ".safetensors"), "torch", "deim_edge.runtimes.torch:TorchRuntime", ("torch",), "torch",
            aliases=("pytorch", "pth")),
