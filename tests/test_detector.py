@@ -116,7 +116,7 @@ def test_official_onnx_files_run_unchanged(artifacts, tmp_path: Path):
                       dynamic_axes={"images": {0: "N"}, "orig_target_sizes": {0: "N"}}, opset_version=17, dynamo=False)
     official = Detector(path, conf=0.0)
     assert official.metadata.output == OFFICIAL and official.metadata.resize == "letterbox"
-    assert official.metadata.variant == model.variant.name  # told apart by parameter count
+    assert official.metadata.variant == model.variant.name  # told apart by weight shapes
     ours = Detector(artifacts["graph"], conf=0.0, resize="letterbox")  # same weights, same preprocessing
     for photo in PHOTOS:
         assert_same_detections(official(str(photo))[:100], ours(str(photo))[:100], box_atol=0.01)

@@ -16,8 +16,9 @@ GROUND = ("runtimes", "tensorrt", "formats", "detector.py", "preprocess.py", "de
           "variants.py")
 UPPER = ("torch", "deim_edge.export", "deim_edge.calibration", "deim_edge.training", "deim_edge.bench",
          "deim_edge.models")
-# torch imported when used, as an engine: the .pth runtime, and TensorRT's device memory where cuda-python is missing
-TORCH_ENGINES = ("runtimes/torch.py", "tensorrt/cuda.py")
+# torch imported when used, as an engine: the .pth runtime, ExecuTorch's Python runtime (it takes torch tensors),
+# and TensorRT's device memory where cuda-python is missing
+TORCH_ENGINES = ("runtimes/torch.py", "runtimes/executorch.py", "tensorrt/cuda.py")
 
 
 def module_name(path: Path) -> str:

@@ -113,13 +113,13 @@ def _tensor(kind: str, shape) -> str:
 
 def _official_metadata(path: Path, session) -> ArtifactMetadata:
     """Official exports carry no metadata: take the input size from the graph, the variant (for its
-    normalization) from the parameter count, and the official inference script's letterbox."""
+    normalization) from the graph's weight shapes, and the official inference script's letterbox."""
     shape = session.get_inputs()[0].shape  # [N, 3, H, W]
     if not all(isinstance(d, int) for d in shape[2:]):
         raise ModelFileError(f"{path}: the official export's input size is not fixed ({shape}); "
                              "pass imgsz= to Detector")
     size = (shape[2], shape[3])
-    variant = _guess_variant_by_parameters(path)
+    variant = _official_variant(path)
     if variant is None:
         warnings.warn(f"{path.name}: could not tell which DEIMv2 variant this official export is; assuming "
                       "x/255 input (Atto to N). For S to X pass mean=(0.485, 0.456, 0.406), "
@@ -130,14 +130,31 @@ def _official_metadata(path: Path, session) -> ArtifactMetadata:
                                         producer="DEIMv2 official export")
 
 
-def _guess_variant_by_parameters(path: Path) -> str | None:
-    """The variant whose deploy-mode parameter count is within 15% of the graph's weights. Exports
-    add anchors and fold BatchNorms, a few percent; neighbouring variants differ by 1.5x or more."""
+def _official_variant(path: Path) -> str | None:
+    """The variant whose structure the graph holds; None when no variant or several match, or without onnx.
+
+    Told by weight shapes, which constant folding, BatchNorm fusion, onnxsim and onnxslim keep; the number of
+    weights is no guide (0.8 to 1.05 of the deploy parameters: the exporter merges equal tensors, such as an
+    untrained model's identical layers, and simplifiers fold constants in). The shapes: the decoder's
+    box-distribution head [hidden, 4 * (reg_max + 1)], its SwiGLU FFN's [hidden, dim_feedforward] in and
+    [dim_feedforward / 2, hidden] out (each either way round, as MatMul and Gemm store them), and a ViT's 16x16
+    patch embedding exactly when the variant has one (S to X). No two variants share these, and the
+    unpublished HGNetv2 S-L configs of the DEIMv2 code match none.
+    """
     try:
         import onnx
     except ImportError:
         return None
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    best = min(VARIANTS.values(), key=lambda v: abs(np.log(v.published.params_deploy / max(total, 1))))
-    return best.name if abs(total / best.published.params_deploy - 1) <= 0.15 else None
+    graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    constants = [a.t for node in graph.node if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+    shapes = {tuple(t.dims) for t in (*graph.initializer, *constants)}
+    matrices = shapes | {s[::-1] for s in shapes if len(s) == 2}
+    patch_embedding = any(s[1:] == (3, 16, 16) for s in shapes if len(s) == 4)
+    found = []
+    for v in VARIANTS.values():
+        d = v.decoder
+        decoder = {(d.hidden_dim, 4 * (d.reg_max + 1)), (d.hidden_dim, d.dim_feedforward),
+                   (d.dim_feedforward // 2, d.hidden_dim)}
+        if decoder <= matrices and patch_embedding == (v.backbone.sta_channels > 0):
+            found.append(v.name)
+    return found[0] if len(found) == 1 else None
