@@ -55,6 +55,14 @@ class Target:
     options: Mapping[str, Any] = field(default_factory=dict)  # target-specific options and their defaults
     precision: str = "fp32"  # of the artifact's weights and compute, recorded in its metadata
     description: str = ""
+    profile: str | None = None  # the model profile (DEIMv2.set_ops) the target converts; None: the user's choice
+    # "module:function"(resolved options) -> options: finds a toolchain outside deim-edge's environment before any
+    # export work (MissingDependencyError saying how to set it up) and completes the options with it
+    toolchain: str | None = None
+    # only the process that builds the artifact runs it here (RKNN's simulator): the export function checks it,
+    # calibrates (INT8) and measures it itself, given options["quantize"] (the QuantizeSettings) and
+    # options["progress"], and writes the gate's figures into the metadata
+    measured_in_build: bool = False
 
     @property
     def record(self) -> Format:
@@ -75,8 +83,8 @@ class Target:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The defaults updated by `options`; ExportError for an option this target does not take, ConfigError
-        for a value of the wrong kind (before any export work)."""
+        """The defaults updated by `options` (and completed by the target's toolchain); ExportError for an option
+        this target does not take, ConfigError for a value of the wrong kind (before any export work)."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             allowed = ", ".join(sorted(self.options)) or "none"
@@ -87,7 +95,11 @@ class Target:
                 takes, valid = OPTION_VALUES[key]
                 if not valid(value):
                     raise ConfigError(f"option {key} of target {self.name!r} takes {takes}, got {value!r}")
-        return {**self.options, **options}
+        resolved = {**self.options, **options}
+        if self.toolchain is not None:
+            module, function = self.toolchain.split(":")
+            resolved = getattr(importlib.import_module(module), function)(resolved)
+        return resolved
 
     def require(self) -> None:
         """MissingDependencyError, naming the extra to install, unless every required module is installed."""
@@ -172,6 +184,25 @@ register(Target(
     entry="deim_edge.export.executorch:export_executorch", options={"verify": True}, precision="fp32",
     description="ExecuTorch program (.pte), XNNPACK delegate, fp32 (Android, iOS, embedded Linux)",
 ))
+register(Target(
+    name="executorch-int8", format="executorch", extra="executorch", requires=("torch", "onnx", "onnxruntime", "executorch"),
+    entry="deim_edge.export.executorch:export_executorch_int8", options=ONNX_OPTIONS, precision="int8",
+    description="ExecuTorch program (.pte), XNNPACK, PT2E INT8 on the searched layers (backbone, encoder), float decoder",
+))
+
+# Rockchip NPUs: rknn-toolkit2 runs in its own Python environment (export/rknn_toolkit.py) and builds from the npu
+# profile's graph; the models are checked and measured in its simulator while they are built. INT8: the toolkit
+# quantizes the backbone and encoder on --calib-data, the decoder is a second, FP16 model (export/rknn.py)
+RKNN_OPTIONS = {**ONNX_OPTIONS, "platform": "rk3588", "rknn_python": None}
+for _precision, _suffix, _what in (("fp16", "", "fp16"),
+                                   ("int8", "-int8", "INT8 backbone and encoder + FP16 decoder (two files, run in turn)")):
+    register(Target(
+        name=f"rknn{_suffix}", format="rknn", extra="onnx", requires=("torch", "onnx"),
+        entry="deim_edge.export.rknn:export_rknn", options=RKNN_OPTIONS, precision=_precision, profile="npu",
+        toolchain="deim_edge.export.rknn_toolkit:find_toolkit", measured_in_build=True,
+        description=f"Rockchip RKNN (.rknn), {_what}; platform=rk3588 (or rk3566, rk3568, rk3576, rv1106, ...); "
+                    f"needs rknn-toolkit2's own Python (rknn_python=PATH)",
+    ))
 
 # INT8: calibrated on the user's images (--calib-data), layers chosen by calibration.int8 with the format's
 # INT8 hooks, measured by the gate

@@ -131,7 +131,12 @@ FORMATS: tuple[Format, ...] = (
            int8="deim_edge.export.tensorrt:INT8_HOOKS", needs_gpu=True),
     Format("executorch", (".pte",), "executorch", "deim_edge.runtimes.executorch:ExecutorchRuntime",
            ("executorch", "torch"), "executorch", metadata="deim_edge.formats.executorch", aliases=("et", "pte"),
-           checks={"fp32": FP32_EXACT}),
+           checks={"fp32": FP32_EXACT}, int8="deim_edge.export.executorch:INT8_HOOKS"),
+    # Rockchip NPU models run on the board by rknn-toolkit-lite2; here only in rknn-toolkit2's simulator, by the export
+    # that builds them (export/rknn.py). FP16 reorders near-tied scores of a random input
+    Format("rknn", (".rknn",), "rknn", "deim_edge.runtimes.rknn:RknnRuntime", ("rknnlite",), "rknn-lite",
+           metadata="deim_edge.formats.rknn", aliases=("rockchip",), checks={"fp16": Check(min_share=0.8)},
+           int8="deim_edge.export.rknn:INT8_HOOKS", system="Linux"),
     # .safetensors and a folder holding model.safetensors: the Hugging Face Hub layout of the official weights
     Format("torch", (".pth", ".pt", ".safetensors"), "torch", "deim_edge.runtimes.torch:TorchRuntime", ("torch",), "torch",
            aliases=("pytorch", "pth")),
