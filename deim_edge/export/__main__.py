@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file or folder; default: beside the checkpoint, or ./<variant><suffix>")
     p.add_argument("--decode", choices=list(DECODES),
                    help="graph: top-k in the artifact (scores, labels, boxes; default); host: raw logits and boxes")
-    p.add_argument("--profile", choices=PROFILES, default="default",
+    p.add_argument("--profile", choices=PROFILES,
                    help="npu: the graph NPUs convert (Rockchip, Hailo, Qualcomm): no GridSample, no TopK, decoded on "
-                        "the host, fixed batch, ops checked against RKNN's list")
+                        "the host, fixed batch, ops checked against RKNN's list (the rknn targets' only one); "
+                        "default: the target's, else default")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image (default 300)")
     p.add_argument("--class-names", metavar="FILE",
                    help=f"one name per line, or a JSON list (default: the {len(COCO_CLASSES)} COCO classes)")

@@ -29,7 +29,7 @@ FOLDER_SUFFIXES = (".mlpackage",)  # artifacts that are folders
 
 def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Module | None = None,
            target: str = "onnx", variant: str | Variant | None = None, imgsz: int | Sequence[int] | None = None,
-           out: str | os.PathLike | None = None, *, decode: str | None = None, profile: str = "default",
+           out: str | os.PathLike | None = None, *, decode: str | None = None, profile: str | None = None,
            max_det: int = 300, batch: int = 1,
            dynamic_batch: bool = False,
            class_names: str | os.PathLike | Sequence[str] | None = None, progress: bool = False,
@@ -43,7 +43,8 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     'graph' puts top-k in the artifact (TOPK: scores, labels, boxes; the default); 'host' leaves logits and
     boxes for the host (RAW). profile 'npu' builds the graph NPUs convert: no GridSample, no TopK (the same
     numbers from gathers, comparisons and arithmetic), decoded on the host, a fixed batch, and its ops checked
-    against Rockchip RKNN's list before the export is written. class_names: names or a file (one per line, or a JSON list);
+    against Rockchip RKNN's list before the export is written; default: the profile the target converts (rknn:
+    npu), else 'default'. class_names: names or a file (one per line, or a JSON list);
     COCO's 80 by default. Target options (e.g. opset, simplify for onnx) go in **options.
     out defaults to the checkpoint's path (or `<variant>`) with the target's suffix; a folder
     takes that name inside it. Nothing is left at `out` when the export fails.
@@ -57,6 +58,7 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
     """
     tgt = get_target(target)
     tgt.require()
+    profile = _profile(profile, tgt)
     settings = QuantizeSettings(None if calib_data is None else str(calib_data), int(calib_size), calib_method,
                                 recipe, max_drop, None if val_data is None else str(val_data))
     if tgt.precision == "int8":
@@ -78,7 +80,8 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         raise ConfigError(f"the output {out} must end with {tgt.suffix} (runtimes are chosen by file suffix)")
     with reporting(progress):
         model, source, stored_names = _load(checkpoint_or_model, variant, imgsz)
-        model.set_ops(profile)  # "default" or "npu": the model's operators (models/deimv2.py)
+        if profile == "npu":  # the model's operators (models/deimv2.py); a loaded model has the default ones
+            model.set_ops(profile)
         v = model.variant
         num_classes = model.decoder.num_classes
         names = _class_names(class_names if class_names is not None else stored_names, num_classes)
@@ -93,14 +96,20 @@ def export(checkpoint_or_model: str | os.PathLike | Mapping[str, Any] | nn.Modul
         try:
             with staged_output(path) as tmp:
                 figures, gate = None, None
-                if tgt.precision == "int8":
+                if tgt.measured_in_build:  # checked, calibrated and measured by the export function itself
+                    target_options = {**target_options, "quantize": settings, "progress": progress}
+                elif tgt.precision == "int8":
                     metadata, target_options, figures, gate = _plan_int8(model, metadata, tgt, target_options,
                                                                          settings, progress)
                 written = tmp.parent / tgt.export(model, metadata, tmp, target_options).name
-                if target_options.get("verify", True):
-                    _verify(written, tmp, model, metadata, tgt.record)
-                if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
-                    figures, gate = None, _float_gate(model, metadata, settings)
+                if tgt.measured_in_build:
+                    metadata = tgt.record.read_metadata(written)
+                    figures = metadata.extra.get("accuracy")
+                else:
+                    if target_options.get("verify", True):
+                        _verify(written, tmp, model, metadata, tgt.record)
+                    if tgt.precision != "int8" and (val_data is not None or max_drop is not None):
+                        figures, gate = None, float_gate(model, metadata, settings)
                 if gate is not None:  # the backend's own artifact, measured
                     half_budget = None
                     if tgt.precision == "int8":
@@ -161,7 +170,8 @@ def _verify(written: Path, requested: Path, model: nn.Module, metadata: Artifact
     verify_artifact(written, model, metadata, fmt)
 
 
-def _float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: QuantizeSettings):
+def float_gate(model: nn.Module, metadata: ArtifactMetadata, settings: QuantizeSettings):
+    """The accuracy gate of a float export: the FP32 reference (`model`) and --val-data, else the bundled samples."""
     from ..media import sample_images
     from ..calibration.gate import GateData
     from ..detector import Detector
@@ -239,6 +249,17 @@ def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metad
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     step(f"accuracy report: {dest}")
+
+
+def _profile(profile: str | None, tgt: Target) -> str:
+    """--profile, defaulted and checked against the target's: a target that converts one profile (rknn: npu)
+    takes only that one."""
+    if tgt.profile is None:
+        return "default" if profile is None else profile
+    if profile not in (None, tgt.profile):
+        raise ConfigError(f"{tgt.name} converts the {tgt.profile} profile's graph: leave --profile out or give "
+                          f"--profile {tgt.profile}, not {profile!r}")
+    return tgt.profile
 
 
 def _decode(decode: str | None, profile: str, dynamic_batch: bool) -> str:

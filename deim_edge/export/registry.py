@@ -200,7 +200,7 @@ for _precision, _suffix, _what in (("fp16", "", "fp16"),
         name=f"rknn{_suffix}", format="rknn", extra="onnx", requires=("torch", "onnx"),
         entry="deim_edge.export.rknn:export_rknn", options=RKNN_OPTIONS, precision=_precision, profile="npu",
         toolchain="deim_edge.export.rknn_toolkit:find_toolkit", measured_in_build=True,
-        description=f"Rockchip RKNN (.rknn), {_what}; platform=rk3588 (or rk3566, rk3568, rk3576, rv1106, ...); "
+        description=f"Rockchip RKNN (.rknn), {_what}; platform=rk3588 (or rk3566, rk3568, rk3576, ...); "
                     f"needs rknn-toolkit2's own Python (rknn_python=PATH)",
     ))
 
