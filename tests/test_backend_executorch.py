@@ -76,11 +76,11 @@ def test_executorch_int8_passes_the_gate_on_the_synthetic_validation_set(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = export(BUNDLED, "executorch-int8", out=tmp_path / "atto-int8.pte", calib_data="synthetic",
-                      calib_size=48, val_data=val, max_drop=1.5)
+                      calib_size=48, val_data=val, max_drop=1.0)
     meta = read_metadata(path)
     acc = meta.extra["accuracy"]
-    # measured: 1.27 AP points (the same plan as a QDQ graph in ONNX Runtime: 0.45)
-    assert meta.precision == "int8" and acc["metric"] == "AP" and acc["drop"] <= 1.5 and acc["images"] == 30
+    # measured: 0.52 AP points (the same plan as a QDQ graph in ONNX Runtime: 0.45)
+    assert meta.precision == "int8" and acc["metric"] == "AP" and acc["drop"] <= 1.0 and acc["images"] == 30
     assert acc["measured"] == ".pte artifact" and acc["reference_AP"] > 0.3
     assert meta.extra["int8"]["int8_nodes"] > 50
     assert Detector(path, threads=1)(cv2.imread(str(PHOTOS[0]))).scores.size
