@@ -38,6 +38,7 @@ def export_executorch(model: nn.Module, metadata: ArtifactMetadata, out_path: Pa
     return out_path
 
 
+NEEDS_EXECUTORCH = "the executorch targets need ExecuTorch: pip install 'deim-edge[executorch]'"
 INT8_HOOKS = Int8Hooks(activation_products=False)  # PT2E quantizes modules (convs, linears), not products
 
 
@@ -51,7 +52,7 @@ def export_executorch_int8(model: nn.Module, metadata: ArtifactMetadata, out_pat
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
     except ImportError as e:
-        raise MissingDependencyError("the executorch targets need ExecuTorch: pip install 'deim-edge[executorch]'") from e
+        raise MissingDependencyError(NEEDS_EXECUTORCH) from e
     int8 = options["int8"]
     modules = int8_modules(int8.plan.nodes)
     module = wrap(model, metadata).eval()
@@ -133,7 +134,7 @@ def write_program(program: torch.export.ExportedProgram, metadata: ArtifactMetad
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
     except ImportError as e:
-        raise MissingDependencyError("the executorch targets need ExecuTorch: pip install 'deim-edge[executorch]'") from e
+        raise MissingDependencyError(NEEDS_EXECUTORCH) from e
     step("lowering to the XNNPACK delegate (a few minutes on one core)")
     try:
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],

@@ -49,7 +49,8 @@ def write_metadata(path: Path, metadata: ArtifactMetadata) -> None:
         from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
         from executorch.exir.schema import String
     except ImportError as e:
-        raise MissingDependencyError("writing .pte metadata needs ExecuTorch: pip install 'deim-edge[executorch]'") from e
+        raise MissingDependencyError("writing .pte metadata needs ExecuTorch: "
+                                     "pip install 'deim-edge[executorch]'") from e
     pte = deserialize_pte_binary(Path(path).read_bytes())
     plan = next((p for p in pte.program.execution_plan if p.name == METHOD), None)
     strings = [v for v in plan.values if isinstance(v.val, String)] if plan is not None else []
