@@ -16,7 +16,8 @@ from deim_edge.errors import ConfigError, ImageError
 from deim_edge.media import read_image
 from deim_edge.preprocess import preprocess
 
-MODEL = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"  # circle, square, triangle, ring
+# classes: circle, square, triangle, ring
+MODEL = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"
 SHAPES = MODEL.parent / "samples" / "shapes-1.jpg"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NAN, INF = float("nan"), float("inf")

@@ -257,7 +257,8 @@ def test_openvino_telemetry_is_off_during_the_projects_calls(monkeypatch):
 
     fake_nncf = SimpleNamespace(quantize=quantize, Dataset=list, IgnoredScope=lambda **k: None,
                                 AdvancedQuantizationParameters=lambda **k: None,
-                                QuantizationPreset=SimpleNamespace(MIXED=None), ModelType=SimpleNamespace(TRANSFORMER=None))
+                                QuantizationPreset=SimpleNamespace(MIXED=None),
+                                ModelType=SimpleNamespace(TRANSFORMER=None))
     monkeypatch.setattr(int8, "_import_nncf", lambda: (seen.append(os.environ.get("CI")), fake_nncf)[1])
     monkeypatch.setattr(int8, "_range_estimator", lambda nncf, method: None)
     monkeypatch.setattr(int8, "_nncf_output", lambda progress: contextlib.nullcontext())

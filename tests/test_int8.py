@@ -128,7 +128,8 @@ def test_a_val_json_that_does_not_match_its_images_is_an_error(tmp_path):
     (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "000.jpg", "height": 48, "width": 64},
                    {"id": 2, "file_name": "other.jpg", "height": 48, "width": 64}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8], "area": 64, "iscrowd": 0}], "categories": [{"id": 1, "name": "a"}]}))
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8], "area": 64, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "a"}]}))
     data = GateData.find(tmp_path)
     pytest.importorskip("faster_coco_eval")
     with pytest.raises(ConfigError, match="1 of the 2 images .* does not match"):

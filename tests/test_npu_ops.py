@@ -79,7 +79,8 @@ def test_top_onehot_equals_topk(n, k):
     assert torch.equal(onehot.sum(-1), torch.ones(3, k))
     assert torch.equal(topk_values(x, k), expected.values)
     rows = torch.randn(1, n, 5)
-    assert torch.equal(take_top(onehot, rows), rows.expand(3, -1, -1).gather(1, expected.indices[..., None].expand(-1, -1, 5)))
+    gathered = rows.expand(3, -1, -1).gather(1, expected.indices[..., None].expand(-1, -1, 5))
+    assert torch.equal(take_top(onehot, rows), gathered)
 
 
 def test_top_onehot_breaks_ties_by_the_lower_index():

@@ -254,8 +254,10 @@ def _write_report(artifact: Path, target: str, settings: QuantizeSettings, metad
 def _profile(profile: str | None, tgt: Target) -> str:
     """--profile, defaulted and checked against the target's: a target that converts one profile (rknn: npu)
     takes only that one."""
+    if profile not in (None, *PROFILES):
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if tgt.profile is None:
-        return "default" if profile is None else profile
+        return profile or "default"
     if profile not in (None, tgt.profile):
         raise ConfigError(f"{tgt.name} converts the {tgt.profile} profile's graph: leave --profile out or give "
                           f"--profile {tgt.profile}, not {profile!r}")
@@ -265,8 +267,6 @@ def _profile(profile: str | None, tgt: Target) -> str:
 def _decode(decode: str | None, profile: str, dynamic_batch: bool) -> str:
     """--decode, defaulted and checked against --profile: the npu profile decodes on the host (the graph's
     top-k is a TopK, which NPUs lack) at a fixed batch."""
-    if profile not in PROFILES:
-        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if profile != "npu":
         return decode or "graph"
     if decode not in (None, "host"):

@@ -185,17 +185,19 @@ register(Target(
     description="ExecuTorch program (.pte), XNNPACK delegate, fp32 (Android, iOS, embedded Linux)",
 ))
 register(Target(
-    name="executorch-int8", format="executorch", extra="executorch", requires=("torch", "onnx", "onnxruntime", "executorch"),
+    name="executorch-int8", format="executorch", extra="executorch",
+    requires=("torch", "onnx", "onnxruntime", "executorch"),
     entry="deim_edge.export.executorch:export_executorch_int8", options=ONNX_OPTIONS, precision="int8",
-    description="ExecuTorch program (.pte), XNNPACK, PT2E INT8 on the searched layers (backbone, encoder), float decoder",
+    description="ExecuTorch program (.pte), XNNPACK, PT2E INT8 on the searched layers (backbone, encoder), "
+                "float decoder",
 ))
 
 # Rockchip NPUs: rknn-toolkit2 runs in its own Python environment (export/rknn_toolkit.py) and builds from the npu
 # profile's graph; the models are checked and measured in its simulator while they are built. INT8: the toolkit
 # quantizes the backbone and encoder on --calib-data, the decoder is a second, FP16 model (export/rknn.py)
 RKNN_OPTIONS = {**ONNX_OPTIONS, "platform": "rk3588", "rknn_python": None}
-for _precision, _suffix, _what in (("fp16", "", "fp16"),
-                                   ("int8", "-int8", "INT8 backbone and encoder + FP16 decoder (two files, run in turn)")):
+RKNN_INT8 = "INT8 backbone and encoder + FP16 decoder (two files, run in turn)"
+for _precision, _suffix, _what in (("fp16", "", "fp16"), ("int8", "-int8", RKNN_INT8)):
     register(Target(
         name=f"rknn{_suffix}", format="rknn", extra="onnx", requires=("torch", "onnx"),
         entry="deim_edge.export.rknn:export_rknn", options=RKNN_OPTIONS, precision=_precision, profile="npu",

@@ -130,7 +130,8 @@ def _check(simulator: Simulator, model: nn.Module, metadata: ArtifactMetadata) -
     is measured by the gate), as verify.py does for the runtimes that run here."""
     check = get_format("rknn").checks.get(metadata.precision)
     if check is None:
-        step(f"{metadata.precision} rknn: not checked against PyTorch on a random input (the accuracy gate measures it)")
+        step(f"{metadata.precision} rknn: not checked against PyTorch on a random input (the accuracy gate "
+             f"measures it)")
         return
     h, w = metadata.input_size
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)  # pixels: what the model takes

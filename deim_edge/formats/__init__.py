@@ -138,7 +138,8 @@ FORMATS: tuple[Format, ...] = (
            metadata="deim_edge.formats.rknn", aliases=("rockchip",), checks={"fp16": Check(min_share=0.8)},
            int8="deim_edge.export.rknn:INT8_HOOKS", system="Linux"),
     # .safetensors and a folder holding model.safetensors: the Hugging Face Hub layout of the official weights
-    Format("torch", (".pth", ".pt", ".safetensors"), "torch", "deim_edge.runtimes.torch:TorchRuntime", ("torch",), "torch",
+    Format("torch", (".pth", ".pt", ".safetensors"), "torch", "deim_edge.runtimes.torch:TorchRuntime", ("torch",),
+           "torch",
            aliases=("pytorch", "pth")),
 )
 

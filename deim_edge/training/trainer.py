@@ -450,7 +450,8 @@ class Trainer:
         if improved:
             self.best_ap = metrics["AP"]
         extra = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.schedule.state_dict(),
-                 "epoch": epoch, "epochs": self.epochs, "variant": self.variant.name, "num_classes": self.train_set.num_classes,
+                 "epoch": epoch, "epochs": self.epochs, "variant": self.variant.name,
+                 "num_classes": self.train_set.num_classes,
                  "class_names": list(self.train_set.class_names), "input_size": [self.size, self.size],
                  "metrics": metrics, "args": _plain(dataclasses.asdict(self.config)), "best_ap": self.best_ap,
                  "history": _plain(self.history)}
