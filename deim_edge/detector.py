@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Union
 
 import numpy as np
 
 from .decode import decode
 from .errors import ConfigError, ImageError
+from .media import Video
 from .metadata import RAW, RESIZE_MODES, ArtifactMetadata
 from .preprocess import Transform, load_image, normalization, preprocess
 from .results import Detections
 from .runtimes import Runtime, load_runtime
+from .slicing import check_slicing, detect_sliced
+from .tracking import Tracker
 
 ImageSource = Union[str, os.PathLike, np.ndarray]
+TRACK_CONF = 0.1  # the lowest score Detector.track passes to the tracker
 
 
 class Detector:
@@ -25,14 +29,15 @@ class Detector:
     conf: minimum score kept; max_det: most detections per image (default: the artifact's);
     classes: keep only these labels (ids or names, or just one). resize ("stretch" | "letterbox"), mean
     and std override the artifact's preprocessing (useful for official DEIMv2 ONNX files, which carry
-    none). Remaining keyword arguments go to the runtime (e.g. threads=1, providers=[...],
-    variant= for .pth files).
+    none). slice=(w, h) (or one side) detects tile by tile with `overlap` (a fraction of the tile), for
+    small objects in large images (see slicing.py; the analytics extra). Remaining keyword arguments go to the
+    runtime (e.g. threads=1, providers=[...], variant= for .pth files).
     """
 
     def __init__(self, model: str | os.PathLike | Runtime, backend: str | None = None, conf: float = 0.25,
                  max_det: int | None = None, classes: Iterable[int | str] | int | str | None = None,
                  resize: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 **runtime_options) -> None:
+                 slice: int | Sequence[int] | None = None, overlap: float = 0.2, **runtime_options) -> None:
         if isinstance(conf, bool) or not isinstance(conf, numbers.Real) or not 0.0 <= conf <= 1.0:
             raise ConfigError(f"conf must be a number within [0, 1] (the lowest score kept), got {conf!r}")
         if max_det is not None and (isinstance(max_det, bool) or not isinstance(max_det, numbers.Integral)
@@ -41,6 +46,7 @@ class Detector:
                               f"got {max_det!r}; leave it out for the model's own")
         if resize is not None and resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.slicing = None if slice is None else check_slicing(slice, overlap)  # ((w, h), overlap)
         if isinstance(model, (str, os.PathLike)):
             self.runtime: Runtime = load_runtime(model, backend, **runtime_options)
         elif hasattr(model, "run") and hasattr(model, "metadata"):  # an opened runtime (e.g. TorchRuntime.of)
@@ -72,13 +78,51 @@ class Detector:
         images = [load_image(s, color=color) for s in ([source] if single else source)]
         if not images:
             raise ImageError("no images given")
-        results: list[Detections] = []
-        for chunk in self._chunks(images):
-            batch, transforms = self.preprocess(chunk)
-            results.extend(self.postprocess(self.infer(self._fill_static_batch(batch)), transforms))
+        results = self._detect_each(images, self.conf)
         return results[0] if single else results
 
     predict = __call__
+
+    def track(self, source: str | os.PathLike | int | Iterable[np.ndarray], color: str = "BGR",
+              tracker: Tracker | None = None) -> Iterator[tuple[np.ndarray, Detections]]:
+        """(frame, its detections with tracker_id) for each frame of `source`, in order: a video file, a stream
+        URL, a camera index, or any iterable of frames (`color` ordered arrays; a video's frames are BGR).
+        Detections down to a score of 0.1 go to the tracker (ByteTrack's second stage matches the uncertain
+        ones to existing tracks); those of a track, or at least `conf`, come out. `tracker` defaults to a
+        Tracker at the video's frame rate (the analytics extra)."""
+        if isinstance(source, (str, os.PathLike, int)) and not isinstance(source, bool):
+            video = Video(source)
+            frames: Iterable[np.ndarray] = video
+            tracker = tracker or Tracker(frame_rate=video.fps or 30.0)
+        elif isinstance(source, np.ndarray) or not isinstance(source, Iterable):
+            raise ImageError(f"track takes a video file, a stream URL, a camera index or an iterable of frames, "
+                             f"got {type(source).__name__}" + ("; for one image call the detector" if
+                                                               isinstance(source, np.ndarray) else ""))
+        else:
+            video, frames, tracker = None, source, tracker or Tracker()
+        try:
+            for frame in frames:
+                found = self._detect_each([load_image(frame, color=color)], min(self.conf, TRACK_CONF))[0]
+                tracked = tracker.update(found)
+                yield frame, tracked[(tracked.tracker_id >= 0) | (tracked.scores >= self.conf)]
+        finally:
+            if video is not None:
+                video.close()
+
+    def _detect_each(self, images: list[np.ndarray], conf: float) -> list[Detections]:
+        """The detections scoring at least `conf` in each image (RGB uint8): whole, or tile by tile."""
+        if self.slicing is None:
+            return self._detect(images, conf)
+        return [detect_sliced(lambda tiles: self._detect(tiles, conf), image, *self.slicing,
+                              batch=self.metadata.batch, names=self.names) for image in images]
+
+    def _detect(self, images: list[np.ndarray], conf: float) -> list[Detections]:
+        """The detections scoring at least `conf` in each image (RGB uint8), run in batches the artifact takes."""
+        results: list[Detections] = []
+        for chunk in self._chunks(images):
+            batch, transforms = self.preprocess(chunk)
+            results.extend(self.postprocess(self.infer(self._fill_static_batch(batch)), transforms, conf))
+        return results
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
         """RGB uint8 images -> the network's input batch and what resizing did to each image.
@@ -95,15 +139,18 @@ class Detector:
         """The runtime call alone."""
         return self.runtime.run(batch)
 
-    def postprocess(self, outputs: dict[str, np.ndarray], transforms: list[Transform]) -> list[Detections]:
-        """Raw or top-k outputs -> Detections in original-image pixels, filtered by conf and classes."""
+    def postprocess(self, outputs: dict[str, np.ndarray], transforms: list[Transform], conf: float | None = None
+                    ) -> list[Detections]:
+        """Raw or top-k outputs -> Detections in original-image pixels, filtered by classes and by `conf`
+        (default: the detector's)."""
+        conf = self.conf if conf is None else conf
         if self.metadata.output == RAW:
             scores, labels, boxes = decode(outputs["logits"], outputs["boxes"], self.max_det)
         else:
             scores, labels, boxes = outputs["scores"], outputs["labels"], outputs["boxes"]
         results = []
         for i, t in enumerate(transforms):
-            keep = scores[i, : self.max_det] >= self.conf
+            keep = scores[i, : self.max_det] >= conf
             if self.classes is not None:
                 keep &= np.isin(labels[i, : self.max_det], self.classes)
             results.append(Detections(

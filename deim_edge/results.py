@@ -1,4 +1,5 @@
-"""Detections: what a detector found in one image, with converters (JSON, COCO results) and drawing."""
+"""Detections: what a detector found in one image, with converters (JSON, COCO results, supervision) and
+drawing."""
 
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ COCO80_TO_91 = (
 @dataclass(frozen=True, eq=False)
 class Detections:
     """Detections in one image: boxes x1,y1,x2,y2 in original-image pixels, scores, labels
-    (indices into `names`), and the image's (h, w)."""
+    (indices into `names`), the image's (h, w), and after tracking each one's track id (-1: not yet
+    a confirmed track)."""
 
     xyxy: np.ndarray  # [N,4] float32
     scores: np.ndarray  # [N] float32
     labels: np.ndarray  # [N] int64
     names: tuple[str, ...] = ()
     image_size: tuple[int, int] | None = None  # (h, w)
+    tracker_id: np.ndarray | None = None  # [N] int64, or None when not tracked
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -43,6 +46,12 @@ class Detections:
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "names", tuple(self.names))
+        if self.tracker_id is not None:
+            tracker_id = np.asarray(self.tracker_id, dtype=np.int64).reshape(-1)
+            if len(tracker_id) != len(scores):
+                raise ConfigError(f"tracker_id must have one entry per detection, got {len(tracker_id)} for "
+                                  f"{len(scores)}")
+            object.__setattr__(self, "tracker_id", tracker_id)
         if self.image_size is not None:
             object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
 
@@ -59,7 +68,8 @@ class Detections:
         """The detections picked by a boolean mask, an index array, a slice or one index."""
         if isinstance(index, (int, np.integer)):
             index = [index]
-        return replace(self, xyxy=self.xyxy[index], scores=self.scores[index], labels=self.labels[index])
+        return replace(self, xyxy=self.xyxy[index], scores=self.scores[index], labels=self.labels[index],
+                       tracker_id=None if self.tracker_id is None else self.tracker_id[index])
 
     def filter(self, conf: float | None = None, classes: Iterable[int | str] | None = None) -> Detections:
         """The detections scoring at least `conf` whose class is in `classes` (labels or names)."""
@@ -90,10 +100,13 @@ class Detections:
 
     def to_dict(self) -> dict:
         """{"image_size": [h, w] or None, "detections": [{"box", "score", "label", "name"}, ...]};
-        boxes rounded to 0.01 px, scores to 1e-5."""
+        boxes rounded to 0.01 px, scores to 1e-5; tracked detections add "track" (their id, -1: none yet)."""
         records = [{"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
                     "name": self._name(label)}
                    for box, score, label in zip(self.xyxy.tolist(), self.scores.tolist(), self.labels.tolist())]
+        if self.tracker_id is not None:
+            for record, track in zip(records, self.tracker_id.tolist()):
+                record["track"] = track
         return {"image_size": None if self.image_size is None else list(self.image_size), "detections": records}
 
     def to_json(self) -> str:
@@ -119,6 +132,30 @@ class Detections:
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
         return records
 
+    def to_supervision(self):  # -> supervision.Detections
+        """These detections as a `supervision.Detections` (class names in data["class_name"], tracker ids kept),
+        for supervision's annotators, zones and tools. Needs the analytics extra."""
+        sv = import_supervision()
+        return sv.Detections(xyxy=self.xyxy.copy(), confidence=self.scores.copy(), class_id=self.labels.copy(),
+                             tracker_id=None if self.tracker_id is None else self.tracker_id.copy(),
+                             data={"class_name": np.array(self.class_names, dtype=str)})
+
+    @classmethod
+    def from_supervision(cls, detections, names: Sequence[str] | None = None,
+                         image_size: tuple[int, int] | None = None) -> Detections:
+        """Detections from a `supervision.Detections`. Class names: `names` (indexed by class_id), else
+        the class_name data supervision carries, else none. A missing confidence reads as 1, a missing
+        class_id as 0."""
+        sv = import_supervision()
+        if not isinstance(detections, sv.Detections):
+            raise ConfigError(f"from_supervision takes a supervision.Detections, got {type(detections).__name__}")
+        n = len(detections)
+        labels = np.zeros(n, np.int64) if detections.class_id is None else detections.class_id.astype(np.int64)
+        if names is None:
+            names = _names_from(labels, detections.data.get("class_name"))
+        scores = np.ones(n, np.float32) if detections.confidence is None else detections.confidence
+        return cls(detections.xyxy, scores, labels, tuple(names), image_size, detections.tracker_id)
+
     def draw(self, image: np.ndarray, color: str = "BGR", thickness: int | None = None,
              show_labels: bool = True) -> np.ndarray:
         """A copy of `image` (HxWx3 uint8, channel order `color`) with each box and its
@@ -135,14 +172,36 @@ class Detections:
         canvas = np.array(image, order="C")  # a copy: the input is never drawn on
         line = thickness or max(1, round(max(canvas.shape[:2]) / 400))
         font_scale = 0.4 * line
-        for (x1, y1, x2, y2), score, label in zip(self.xyxy.tolist(), self.scores.tolist(), self.labels.tolist()):
+        tracks = [None] * len(self) if self.tracker_id is None else self.tracker_id.tolist()
+        for (x1, y1, x2, y2), score, label, track in zip(self.xyxy.tolist(), self.scores.tolist(),
+                                                         self.labels.tolist(), tracks):
             rgb = class_color(label)
             box_color = rgb[::-1] if color == "BGR" else rgb
             p1, p2 = (round(x1), round(y1)), (round(x2), round(y2))
             cv2.rectangle(canvas, p1, p2, box_color, line, cv2.LINE_AA)
             if show_labels:
-                _draw_label(canvas, f"{self._name(label)} {score:.2f}", p1, box_color, font_scale, line)
+                text = f"{self._name(label)} {score:.2f}" if track is None or track < 0 else \
+                    f"#{track} {self._name(label)} {score:.2f}"
+                _draw_label(canvas, text, p1, box_color, font_scale, line)
         return canvas
+
+
+def import_supervision():
+    """The supervision package, or a ConfigError naming the extra that installs it."""
+    try:
+        import supervision
+    except ImportError:
+        raise ConfigError("this needs the supervision package: pip install 'deim-edge[analytics]'") from None
+    return supervision
+
+
+def _names_from(labels: np.ndarray, class_names) -> tuple[str, ...]:  # noqa: ANN001
+    """Class names indexed by label, from one name per detection (supervision's data["class_name"]); labels
+    without a detection get their number as name."""
+    if class_names is None or not len(labels):
+        return ()
+    named = {int(label): str(name) for label, name in zip(labels.tolist(), list(class_names))}
+    return tuple(named.get(i, str(i)) for i in range(max(named) + 1))
 
 
 def class_color(label: int) -> tuple[int, int, int]:
