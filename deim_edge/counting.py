@@ -48,8 +48,9 @@ def _require_tracks(detections: Detections, who: str) -> None:
 
 class LineCounter:
     """Objects whose centre crosses the line from `start` to `end` (image pixels): "in" is a crossing from the
-    left of the line to its right as seen looking from start to end (with y down: for a line drawn left to
-    right, downwards), "out" the other way; each track counts once per crossing."""
+    right of the line to its left as seen on screen looking from start to end (for a line drawn left to right,
+    upwards; for one drawn downwards, to the right), "out" the other way; each track counts once per crossing,
+    in the class it has when it crosses."""
 
     def __init__(self, start: Point, end: Point, name: str = "line") -> None:
         (x1, y1), (x2, y2) = _points([start, end], 2, "a line")
@@ -85,14 +86,14 @@ class LineCounter:
 
 class ZoneCounter:
     """Objects whose centre is inside a polygon (image pixels): how many now, per class, and how many distinct
-    tracks have been inside since the start."""
+    tracks have been inside since the start (each under the class it last had inside)."""
 
     def __init__(self, polygon: Sequence[Point], name: str = "zone") -> None:
         self.name = name
         self.polygon = _points(polygon, 3, "a zone").round().astype(np.int64)
         self._zone = import_supervision().PolygonZone(polygon=self.polygon, triggering_anchors=_center_anchor())
         self._now: dict[int, int] = {}
-        self._visitors: dict[int, set[int]] = {}
+        self._visitors: dict[int, int] = {}  # track id -> its class when last inside
         self._names: tuple[str, ...] = ()
 
     def update(self, detections: Detections) -> np.ndarray:
@@ -102,17 +103,16 @@ class ZoneCounter:
         inside = self._zone.trigger(detections.to_supervision()) & (detections.tracker_id >= 0)
         labels, tracks = detections.labels[inside].tolist(), detections.tracker_id[inside].tolist()
         self._now = {label: labels.count(label) for label in set(labels)}
-        for label, track in zip(labels, tracks):
-            self._visitors.setdefault(label, set()).add(track)
+        self._visitors.update(zip(tracks, labels))
         return inside
 
     @property
     def counts(self) -> dict:
         """{"now": n, "now_per_class": {name: n}, "visits": distinct tracks so far, "visits_per_class": {...}}."""
-        visits = {label: len(tracks) for label, tracks in self._visitors.items()}
+        labels = list(self._visitors.values())
+        visits = {label: labels.count(label) for label in set(labels)}
         return {"now": sum(self._now.values()), "now_per_class": _per_class(self._now, self._names),
-                "visits": len(set().union(*self._visitors.values())) if self._visitors else 0,
-                "visits_per_class": _per_class(visits, self._names)}
+                "visits": len(self._visitors), "visits_per_class": _per_class(visits, self._names)}
 
     def draw(self, image: np.ndarray, color: tuple[int, int, int] = (255, 255, 255)) -> None:
         """The zone's outline and its counts, drawn on `image` in place."""

@@ -20,7 +20,7 @@ from .slicing import check_slicing, detect_sliced
 from .tracking import Tracker
 
 ImageSource = Union[str, os.PathLike, np.ndarray]
-TRACK_CONF = 0.1  # the lowest score Detector.track passes to the tracker
+TRACK_CONF = 0.2  # TEMP: detect_stream imports it until it reads the tracker's low_conf
 
 
 class Detector:
@@ -87,23 +87,25 @@ class Detector:
               tracker: Tracker | None = None) -> Iterator[tuple[np.ndarray, Detections]]:
         """(frame, its detections with tracker_id) for each frame of `source`, in order: a video file, a stream
         URL, a camera index, or any iterable of frames (`color` ordered arrays; a video's frames are BGR).
-        Detections down to a score of 0.1 go to the tracker (ByteTrack's second stage matches the uncertain
+        Detections down to the tracker's low_conf go to it (ByteTrack's second stage matches the uncertain
         ones to existing tracks); those of a track, or at least `conf`, come out. `tracker` defaults to a
-        Tracker at the video's frame rate (the analytics extra)."""
+        Tracker at the video's frame rate (the analytics extra). A bad source is an ImageError here, before
+        the first frame is asked for."""
         if isinstance(source, (str, os.PathLike, int)) and not isinstance(source, bool):
             video = Video(source)
-            frames: Iterable[np.ndarray] = video
-            tracker = tracker or Tracker(frame_rate=video.fps or 30.0)
-        elif isinstance(source, np.ndarray) or not isinstance(source, Iterable):
+            return self._track(video, color, tracker or Tracker(frame_rate=video.fps or 30.0), video)
+        if isinstance(source, np.ndarray) or not isinstance(source, Iterable):
             raise ImageError(f"track takes a video file, a stream URL, a camera index or an iterable of frames, "
                              f"got {type(source).__name__}" + ("; for one image call the detector" if
                                                                isinstance(source, np.ndarray) else ""))
-        else:
-            video, frames, tracker = None, source, tracker or Tracker()
+        return self._track(source, color, tracker or Tracker(), None)
+
+    def _track(self, frames: Iterable[np.ndarray], color: str, tracker: Tracker, video: Video | None
+               ) -> Iterator[tuple[np.ndarray, Detections]]:
+        low = min(self.conf, tracker.low_conf)
         try:
             for frame in frames:
-                found = self._detect_each([load_image(frame, color=color)], min(self.conf, TRACK_CONF))[0]
-                tracked = tracker.update(found)
+                tracked = tracker.update(self._detect_each([load_image(frame, color=color)], low)[0])
                 yield frame, tracked[(tracked.tracker_id >= 0) | (tracked.scores >= self.conf)]
         finally:
             if video is not None:
