@@ -59,25 +59,43 @@ def info(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
-    """Detect on images, folders and videos; save annotated copies and a JSON of detections."""
+    """Detect on images, folders and videos (tile by tile with --slice, tracked with --track); save annotated
+    copies and a JSON of detections."""
     from .detector import Detector
-    from .predict import errors_path, json_target
+    from .predict import errors_path, json_target, predict_files
     from .predict import predict as run_predict
 
     target = json_target(args.save, args.json)  # before the model loads
+    slicing = _slicing(args)
+    predict_files(args.sources, track=args.track)  # missing inputs, and --track on images, before the model loads
     options = {"threads": args.threads} if args.threads else {}
     classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
     detector = Detector(args.model, backend=args.backend, conf=args.conf, max_det=args.max_det, classes=classes,
-                        **options)
-    records, failed = run_predict(detector, args.sources, save=args.save, json_path=args.json)
+                        **slicing, **options)
+    records, failed = run_predict(detector, args.sources, save=args.save, json_path=args.json, track=args.track)
     if target is None:
         print(json.dumps(records, indent=1))
     elif args.save:
-        print(f"{len(records)} source(s): annotated copies and detections.json in {args.save}", file=sys.stderr)
+        lines = ", a <video>.jsonl of tracked detections per video" if args.track else ""
+        print(f"{len(records)} source(s): annotated copies{lines} and detections.json in {args.save}",
+              file=sys.stderr)
     if failed:
         where = f"in {target}, the failed listed in {errors_path(target)}" if target else "on stdout"
         raise ImageError(f"{len(failed)} of {len(records) + len(failed)} input(s) could not be read and were skipped "
                          f"({next(iter(failed.values()))}); the detections of the other {len(records)} are {where}")
+
+
+def _slicing(args: argparse.Namespace) -> dict:
+    """Detector's slice and overlap options from --slice and --overlap, checked (ConfigError)."""
+    from .slicing import check_slicing
+
+    if args.slice is None:
+        if args.overlap is not None:
+            raise ConfigError("--overlap is the overlap of the tiles --slice cuts; give --slice too, e.g. --slice 640")
+        return {}
+    side = args.slice[0] if len(args.slice) == 1 else tuple(args.slice)
+    slice_wh, overlap = check_slicing(side, 0.2 if args.overlap is None else args.overlap)
+    return {"slice": slice_wh, "overlap": overlap}
 
 
 def tile(args: argparse.Namespace) -> None:
@@ -165,6 +183,13 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--classes", nargs="+", help="keep only these classes (names or ids)")
     p.add_argument("--backend", help="runtime to use (default: by file suffix)")
     p.add_argument("--threads", type=_positive_int, help="inference threads")
+    p.add_argument("--slice", type=int, nargs="+", metavar="SIDE",
+                   help="detect tile by tile, for small objects in large images: the tile size in pixels, one side "
+                        "or WIDTH HEIGHT (e.g. 640; about the model's input size keeps objects at their own scale)")
+    p.add_argument("--overlap", type=float, help="with --slice: the overlap of neighbouring tiles, a fraction (0.2)")
+    p.add_argument("--track", action="store_true",
+                   help="videos only: follow objects across frames (ByteTrack); detections carry a track id, drawn "
+                        "as #id, and SAVE/<video>.jsonl gets one line per frame")
     p.set_defaults(run=predict)
 
     p = commands.add_parser("tile", help="cut large annotated images into training tiles (COCO layout out)")

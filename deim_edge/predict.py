@@ -1,19 +1,24 @@
 """`python -m deim_edge predict MODEL SOURCE...`: images, folders and videos in; annotated copies
-and a JSON of detections out."""
+and a JSON of detections out; with tracking, videos' objects keep an id across frames, and each video gets a
+JSON-lines file of its frames."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .detector import Detector
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .fileio import atomic_path, check_output
 from .media import Video, is_video, media_files, read_image
 from .progress import Progress
+from .results import Detections
+from .tracking import Tracker
 
 
 def json_target(save: str | Path | None, json_path: str | Path | None) -> Path | None:
@@ -25,15 +30,31 @@ def json_target(save: str | Path | None, json_path: str | Path | None) -> Path |
     return None if json_path is None else check_output(json_path)
 
 
+def predict_files(sources: list[str], track: bool = False) -> list[Path]:
+    """The image and video files of `sources` (see media.media_files); with `track`, ConfigError unless all are
+    videos (tracking follows objects from frame to frame). Call it before long work starts."""
+    paths = media_files(sources)
+    images = [str(p) for p in paths if not is_video(p)]
+    if track and images:
+        more = f" and {len(images) - 3} more" if len(images) > 3 else ""
+        raise ConfigError(f"--track follows objects across the frames of videos, and {len(images)} input(s) are not "
+                          f"videos ({', '.join(images[:3])}{more}); give only videos, or leave --track out")
+    return paths
+
+
 def errors_path(target: Path) -> Path:
     """The file beside the detections JSON that lists the inputs it lacks: <its stem>.errors.json."""
     return target.with_name(f"{target.stem}.errors.json")
 
 
-def predict(detector: Detector, sources: list[str], save: str | Path | None = None, json_path: str | Path | None = None
-            ) -> tuple[dict[str, list], dict[str, str]]:
+def predict(detector: Detector, sources: list[str], save: str | Path | None = None, json_path: str | Path | None = None,
+            track: bool = False) -> tuple[dict[str, list], dict[str, str]]:
     """Run `detector` over sources (image files, folders, video files); with `save`, write annotated images/videos
     there and a detections.json (or `json_path`): {source: detections per image or per video frame}.
+
+    With `track` (videos only: ConfigError otherwise, before any work) each video's detections carry "track", the
+    id of the object they follow across frames (-1: not yet a confirmed track), drawn as "#id"; with `save`,
+    <save>/<video stem>.jsonl has one line per frame: {"frame": i, "detections": [...]}.
 
     An input that cannot be read (ImageError) is skipped and the others go on. The JSON holds the inputs done;
     when some failed, or the run was interrupted (KeyboardInterrupt, raised again once the JSON is written),
@@ -41,7 +62,7 @@ def predict(detector: Detector, sources: list[str], save: str | Path | None = No
     [source, ...]}; a complete run removes an old one. Annotated copies are written whole or not at all.
     Returns ({source: detections}, {source: why it failed})."""
     target = json_target(save, json_path)
-    paths = media_files(sources)
+    paths = predict_files(sources, track)
     out_dir = Path(save) if save is not None else None
     records: dict[str, list] = {}
     failed: dict[str, str] = {}
@@ -49,7 +70,7 @@ def predict(detector: Detector, sources: list[str], save: str | Path | None = No
         with Progress(len(paths), "predict") as progress:
             for path in paths:
                 try:
-                    records[str(path)] = _predict_one(detector, path, out_dir)
+                    records[str(path)] = _predict_one(detector, path, out_dir, track)
                 except ImageError as e:
                     failed[str(path)] = str(e)
                 progress.update(note=path.name)
@@ -65,10 +86,11 @@ def predict(detector: Detector, sources: list[str], save: str | Path | None = No
     return records, failed
 
 
-def _predict_one(detector: Detector, path: Path, out_dir: Path | None) -> list:
-    """The detections of one image, or of each frame of one video; with out_dir, its annotated copy there."""
+def _predict_one(detector: Detector, path: Path, out_dir: Path | None, track: bool = False) -> list:
+    """The detections of one image, or of each frame of one video (tracked with `track`); with out_dir, its
+    annotated copy there."""
     if is_video(path):
-        return _video(detector, path, out_dir)
+        return _video(detector, path, out_dir, track)
     dets = detector(str(path))
     if out_dir is not None:
         _write_image(out_dir / path.name, dets.draw(read_image(path)))
@@ -95,29 +117,60 @@ def _write_image(path: Path, image: np.ndarray) -> None:
         encoded.tofile(tmp)
 
 
-def _video(detector: Detector, path: Path, out_dir: Path | None) -> list:
-    """Per-frame detections; with out_dir, the annotated video as <out_dir>/<name>.mp4."""
+def _video(detector: Detector, path: Path, out_dir: Path | None, track: bool = False) -> list:
+    """Per-frame detections; with out_dir, the annotated video as <out_dir>/<stem>.mp4 and, with `track`, the
+    frames' detections as <out_dir>/<stem>.jsonl, each written whole or not at all."""
     frames: list = []
-    with Video(path) as video, Progress(video.frame_count, path.name) as progress:
-        if out_dir is None:
-            for frame in video:
-                frames.append(detector(frame, color="BGR").to_dict()["detections"])
-                progress.update()
-            return frames
-        with atomic_path(out_dir / f"{path.stem}.mp4") as tmp:
-            writer = None
-            try:
-                for frame in video:
-                    dets = detector(frame, color="BGR")
-                    frames.append(dets.to_dict()["detections"])
-                    if writer is None:
-                        size = (frame.shape[1], frame.shape[0])
-                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), video.fps or 30.0, size)
-                    writer.write(dets.draw(frame))
-                    progress.update()
-            finally:
-                if writer is not None:
-                    writer.release()
-            if writer is None:
-                raise ImageError(f"video {path} has no frames")
+    with Video(path) as video, Progress(video.frame_count, path.name) as progress, ExitStack() as outputs:
+        fps = video.fps or 30.0
+        write_frame = outputs.enter_context(_video_writer(out_dir / f"{path.stem}.mp4", fps)) if out_dir else None
+        lines = outputs.enter_context(_json_lines(out_dir / f"{path.stem}.jsonl")) if out_dir and track else None
+        for frame, dets in _detect_frames(detector, video, track, fps):
+            frames.append(dets.to_dict()["detections"])
+            if write_frame is not None:
+                write_frame(dets.draw(frame))
+            if lines is not None:
+                lines({"frame": len(frames) - 1, "detections": frames[-1]})
+            progress.update()
+        if not frames:
+            raise ImageError(f"video {path} has no frames")
     return frames
+
+
+def _detect_frames(detector: Detector, video: Video, track: bool, fps: float
+                   ) -> Iterator[tuple[np.ndarray, Detections]]:
+    """Each frame of `video` with its detections, tracked (tracker ids set) with `track`."""
+    if track:
+        yield from detector.track(video, color="BGR", tracker=Tracker(frame_rate=fps))
+        return
+    for frame in video:
+        yield frame, detector(frame, color="BGR")
+
+
+@contextmanager
+def _video_writer(path: Path, fps: float) -> Iterator[Callable[[np.ndarray], None]]:
+    """A function that appends a BGR frame to the video at `path` (sized by the first frame); the video appears
+    when the block ends without error."""
+    with atomic_path(path) as tmp:
+        writer = None
+
+        def write(frame: np.ndarray) -> None:
+            nonlocal writer
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (frame.shape[1], frame.shape[0]))
+            writer.write(frame)
+
+        try:
+            yield write
+        finally:
+            if writer is not None:
+                writer.release()
+
+
+@contextmanager
+def _json_lines(path: Path) -> Iterator[Callable[[dict], None]]:
+    """A function that appends one JSON object as a line to the file at `path`; the file appears when the block
+    ends without error."""
+    with atomic_path(path) as tmp, open(tmp, "w") as file:
+        yield lambda record: file.write(json.dumps(record) + "\n")
