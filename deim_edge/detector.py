@@ -20,7 +20,6 @@ from .slicing import check_slicing, detect_sliced
 from .tracking import Tracker
 
 ImageSource = Union[str, os.PathLike, np.ndarray]
-TRACK_CONF = 0.2  # TEMP: detect_stream imports it until it reads the tracker's low_conf
 
 
 class Detector:

@@ -1,10 +1,13 @@
 """The examples, run as users run them: detect_stream.py on a video (every frame annotated, one JSON line per
 frame), its MJPEG stream opened in headless Chromium, a long synthetic stream (flat memory, always the newest
-frame), sources that fail to open or drop mid-stream, Ctrl-C; and the image, video and benchmark scripts."""
+frame), tracking with a line and a zone (ids in the frames and the JSON lines, counts on the page and in
+/stats), sources that fail to open or drop mid-stream, bad options, Ctrl-C; and the image, video and benchmark
+scripts."""
 
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
 import re
@@ -33,6 +36,9 @@ SIZE = (320, 240)  # test video frames, w x h
 HUD_ROWS = 48  # detect_stream's FPS lines at the top of each frame
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+CHECKPOINT = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"
+SHAPE_NAMES = ["circle", "square", "triangle", "ring"]  # what the bundled checkpoint learned
+SCREENSHOT_COPY = os.environ.get("DEIM_EDGE_SCREENSHOT_COPY")  # also save the tracking page's screenshot here
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,30 @@ def model(tmp_path_factory) -> Path:
     with pytest.warns(Warning, match="RANDOM weights"):
         return export(None, "onnx", variant="deimv2-atto", imgsz=160,
                       out=tmp_path_factory.mktemp("model") / "atto.onnx", verify=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The bundled synthetic-shapes Atto at 320 as ONNX: a model that finds, so tracking has objects to follow."""
+    from deim_edge.export import export
+
+    return export(CHECKPOINT, "onnx", class_names=SHAPE_NAMES, out=tmp_path_factory.mktemp("trained") / "atto.onnx",
+                  verify=False)
+
+
+@pytest.fixture(scope="module")
+def shapes_video(tmp_path_factory) -> Path:
+    """10 s of detect_stream's synthetic source (shapes gliding and bouncing; 480x360, 15 fps) as an MJPG .avi."""
+    spec = importlib.util.spec_from_file_location("jetson_sources", EXAMPLES / "jetson" / "sources.py")
+    sources = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(sources)
+    capture = sources.SyntheticCapture(sources.parse_source("synthetic:480x360@15"))
+    path = tmp_path_factory.mktemp("shapes") / "shapes.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (480, 360))
+    for _ in range(150):
+        writer.write(capture.read()[0])
+    writer.release()
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +193,18 @@ def test_video_gives_every_frame_annotated_and_one_json_line_each(model, video, 
 
 # ---------------------------------------------------------------------------------------------- 2. a browser
 
+def chromium(url: str, profile: Path, *options: str, size: tuple[int, int] = (480, 360)
+             ) -> subprocess.CompletedProcess:
+    """Headless Chromium on `url` with `options` (what to write), the page's window `size` (w, h)."""
+    return subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
+                           f"--window-size={size[0]},{size[1]}", *options, url],
+                          capture_output=True, text=True, timeout=120)
+
+
 def screenshot(url: str, path: Path, profile: Path) -> np.ndarray:
     """A headless Chromium screenshot of `url` (480x360) as a BGR array."""
-    run = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                          "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-                          "--window-size=480,360", "--timeout=5000", f"--screenshot={path}", url],
-                         capture_output=True, text=True, timeout=120)
+    run = chromium(url, profile, "--timeout=5000", f"--screenshot={path}")
     image = cv2.imread(str(path))
     assert image is not None, f"chromium wrote no screenshot ({run.returncode}):\n{run.stderr[-2000:]}"
     return image
@@ -209,6 +245,69 @@ def test_mjpeg_stream_plays_in_headless_chromium_and_stops_cleanly(model, video,
         urllib.request.urlopen(url, timeout=5)  # the port is closed
 
 
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_for_counts(url: str, app: App, timeout: float = 90.0) -> dict:
+    """/stats's counts once the line has counted a crossing and the zone a visit."""
+    deadline, counts = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and app.proc.poll() is None:
+        counts = get_json(url + "stats").get("counts")
+        if counts and sum(counts["lines"]["door"][k] for k in ("in", "out")) and counts["zones"]["dock"]["visits"]:
+            return counts
+        time.sleep(0.5)
+    pytest.fail(f"no crossing or no visit counted within {timeout} s (last counts: {counts}):\n{app.stderr}")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="the browser test needs Chromium, which is not installed "
+                                              "(Debian/Ubuntu: apt-get install -y chromium)")
+def test_page_shows_track_ids_and_counts_while_tracking(trained, shapes_video, tmp_path):
+    lines = tmp_path / "tracked.jsonl"
+    app = App(stream_command(trained, "--source", shapes_video, "--loop", "--serve", 0, "--host", "127.0.0.1",
+                             "--json", lines, "--track", "--line", "door=240,350,240,40",
+                             "--zone", "dock=300,200,470,200,470,350,300,350"))
+    try:
+        url = app.wait_for(r"MJPEG stream: (http://\S+)").group(1)
+        counts = wait_for_counts(url, app)
+        # virtual time: the page's scripts run (the stats fetched, the stream's first frames drawn) before the
+        # page's DOM and a screenshot are taken
+        page = chromium(url, tmp_path / "profile", "--virtual-time-budget=3000", "--timeout=10000", "--dump-dom",
+                        f"--screenshot={tmp_path / 'tracking.png'}", size=(760, 400))
+        rc = app.stop(signal.SIGTERM)
+    finally:
+        app.kill()
+    assert rc == 0 and "Traceback" not in app.stderr, app.stderr
+    shot, dom = cv2.imread(str(tmp_path / "tracking.png")), page.stdout
+    assert shot is not None, f"chromium wrote no screenshot ({page.returncode}):\n{page.stderr[-2000:]}"
+    if SCREENSHOT_COPY:
+        Path(SCREENSHOT_COPY).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "tracking.png", SCREENSHOT_COPY)
+    # /stats: per line in/out and per zone now/visits, each per class
+    assert set(counts["lines"]["door"]) == {"in", "out", "in_per_class", "out_per_class"}
+    assert set(counts["zones"]["dock"]) == {"now", "now_per_class", "visits", "visits_per_class"}
+    # the page: a panel with a table per line and zone, filled in by its script
+    panel = re.search(r'<aside id="counts">(.*?)</aside>', dom, re.DOTALL)
+    assert panel, f"no counts panel shown in the page:\n{dom[-3000:]}"
+    cells = re.findall(r"<t[hd]>([^<]*)</t[hd]>", panel.group(1))
+    assert cells[:3] == ["door", "in", "out"] and "dock" in cells and "visits" in cells, cells
+    assert any(name in cells for name in SHAPE_NAMES), cells
+    # the screenshot: the frame (not the page's background) with the panel's text beside it
+    background = np.all(np.abs(shot.astype(np.int16) - 17) <= 2, axis=-1)  # the page's #111
+    columns = np.flatnonzero(~background[:360].all(0))
+    assert columns.size, "the screenshot shows only the page's background"
+    left = int(columns[0])
+    frame, beside = shot[10:350, left + 10:left + 470], shot[:360, left + 490:]
+    assert frame.std() > 20, f"no frame in the screenshot (std {frame.std():.1f})"
+    assert (beside.max(-1) > 150).sum() > 200, "no counts beside the frame in the screenshot"
+    # and the frames show ids (#id drawn on each tracked box): the JSON lines of the same frames carry them
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    tracked = sum(any(d["track"] >= 0 for d in r["detections"]) for r in records)
+    assert tracked > 0.5 * len(records), f"{tracked} of {len(records)} frames with a tracked object"
+    assert records[-1]["counts"]["lines"]["door"]["in"] + records[-1]["counts"]["lines"]["door"]["out"] > 0
+
+
 # ---------------------------------------------------------------------------------------------- 3. a long stream
 
 def rss_mb(pid: int) -> float | None:
@@ -221,13 +320,13 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
-def test_long_stream_keeps_memory_flat_and_takes_the_newest_frame(model, tmp_path):
-    frames, warmup, source_fps = 2000, 300, 300
-    lines = tmp_path / "long.jsonl"
+def long_stream(model: Path, jsonl: Path, *options, frames: int = 2000, warmup: int = 300,
+                source_fps: int = 300) -> list[dict]:
+    """Run detect_stream.py for `frames` frames of a fast synthetic source with a viewer on the MJPEG stream all
+    along; check it always took the newest frame and its resident memory stayed flat; its JSON records."""
     start = time.monotonic()
     app = App(stream_command(model, "--source", f"synthetic:320x240@{source_fps}", "--max-frames", frames,
-                             "--json", lines, "--serve", 0, "--host", "127.0.0.1", "--max-det", "10"))
+                             "--json", jsonl, "--serve", 0, "--host", "127.0.0.1", "--max-det", "10", *options))
     received = []
 
     def watch(url: str) -> None:  # a browser-like viewer for the whole run
@@ -241,7 +340,7 @@ def test_long_stream_keeps_memory_flat_and_takes_the_newest_frame(model, tmp_pat
         samples = []  # (frames written so far, RSS in MB)
         while app.proc.poll() is None:
             rss = rss_mb(app.proc.pid)
-            done = lines.read_bytes().count(b"\n") if lines.exists() else 0
+            done = jsonl.read_bytes().count(b"\n") if jsonl.exists() else 0
             if rss is not None:
                 samples.append((done, rss))
             time.sleep(0.25)
@@ -249,7 +348,7 @@ def test_long_stream_keeps_memory_flat_and_takes_the_newest_frame(model, tmp_pat
     finally:
         app.kill()
     assert rc == 0, app.stderr
-    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(records) == frames
     captures = [r["capture"] for r in records]
     lags = [r["lag"] for r in records]
@@ -267,6 +366,28 @@ def test_long_stream_keeps_memory_flat_and_takes_the_newest_frame(model, tmp_pat
           f"{rate:.0f} fps processed; viewer got {sum(received) / 1e6:.1f} MB of MJPEG")
     assert growth < 20, f"resident memory grew {growth:.1f} MB after warm-up"
     assert sum(received) > 1e6, "the viewer received no stream"
+    return records
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_long_stream_keeps_memory_flat_and_takes_the_newest_frame(model, tmp_path):
+    long_stream(model, tmp_path / "long.jsonl")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_long_tracked_stream_counts_with_flat_memory(trained, tmp_path):
+    records = long_stream(trained, tmp_path / "tracked.jsonl", "--track", "--line", "160,230,160,40",
+                          "--zone", "dock=170,120,310,120,310,230,170,230")
+    tracks = [[d["track"] for d in r["detections"]] for r in records]
+    ids = {t for frame in tracks for t in frame if t >= 0}
+    followed = sum(any(t >= 0 for t in frame) for frame in tracks)
+    print(f"{len(ids)} track ids; {followed} of {len(records)} frames with a tracked object; "
+          f"final counts {records[-1]['counts']}")
+    assert followed > 0.8 * len(records), "the moving shapes were not tracked"
+    assert len(ids) < 0.1 * len(records), f"{len(ids)} ids in {len(records)} frames: tracks do not hold"
+    line, zone = records[-1]["counts"]["lines"]["line1"], records[-1]["counts"]["zones"]["dock"]
+    assert line["in"] + line["out"] > 0 and zone["visits"] > 0, records[-1]["counts"]
+    assert sum(line["in_per_class"].values()) == line["in"] and set(zone["visits_per_class"]) <= set(SHAPE_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------- 4. failures
@@ -288,6 +409,20 @@ def test_missing_file_is_a_clear_error(model, tmp_path):
                          timeout=120, env=ENV)
     assert run.returncode == 2
     assert "nothing.mp4' not found" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--line", "0,0,10,10"], "--line and --zone count tracked objects: add --track"),
+    (["--track", "--zone", "0,0,10,x,5,5"], "argument --zone: '0,0,10,x,5,5': write a zone as [NAME=]X1,Y1,X2,Y2,X3"),
+    (["--track", "--zone", "dock=0,0,10,10"], "argument --zone: 'dock=0,0,10,10': write a zone as"),
+    (["--track", "--line", "0,0,10"], "argument --line: '0,0,10': write a line as [NAME=]X1,Y1,X2,Y2"),
+    (["--track", "--line", "5,5,5,5"], "a line needs two different points"),
+])
+def test_bad_line_or_zone_is_a_usage_error(model, options, message):
+    run = subprocess.run(stream_command(model, "--source", "synthetic", *options), capture_output=True, text=True,
+                         timeout=120, env=ENV)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
 
 
 class DroppingCamera:

@@ -5,10 +5,14 @@ drawn; a window, a video file, an MJPEG stream for browsers and JSON lines out.
     python detect_stream.py deimv2-pico.engine --source usb:0 --show
     python detect_stream.py deimv2-pico.onnx --source rtsp://user:pass@10.0.0.7/stream1 --serve 8080 --json -
     python detect_stream.py deimv2-pico.onnx --source clip.mp4 --save annotated.mp4 --json clip.jsonl
+    python detect_stream.py deimv2-pico.engine --source csi --serve 8080 --track --line door=640,0,640,720 \
+        --zone 100,400,500,400,500,700,100,700
 
 Cameras and streams are read in a thread of their own and inference always takes the newest frame (no lag
 builds up; frames that arrive during inference are dropped); files and folders give every frame in order
 (--frames latest|all overrides). Live sources reconnect when they drop. Ctrl-C or SIGTERM stop it cleanly.
+--track gives objects ids that follow them from frame to frame (ByteTrack; the analytics extra); --line and
+--zone count the tracked objects crossing a line and inside a polygon.
 See README.md beside this file.
 """
 
@@ -30,6 +34,8 @@ import cv2
 import numpy as np
 
 from deim_edge import DeimEdgeError, Detections, Detector
+from deim_edge.counting import LineCounter, ZoneCounter
+from deim_edge.tracking import Tracker
 from mjpeg import MjpegServer
 from sources import FrameReader, SourceError, parse_source
 
@@ -90,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-delay", type=float, default=1.0,
                    help="seconds before the first reconnection, doubling up to 30 (default 1)")
     s.add_argument("--loop", action="store_true", help="replay a video file or folder from the start when it ends")
+    a = p.add_argument_group("analytics (the analytics extra: pip install 'deim-edge[analytics]')")
+    a.add_argument("--track", action="store_true",
+                   help="follow objects from frame to frame: each gets an id, drawn as #id and logged as 'track'")
+    a.add_argument("--line", action="append", default=[], type=region_argument("line"), metavar="[NAME=]X1,Y1,X2,Y2",
+                   help="count tracked objects crossing this line (pixels; in: from its right to its left, looking "
+                        "from the first point to the second); repeatable; needs --track")
+    a.add_argument("--zone", action="append", default=[], type=region_argument("zone"),
+                   metavar="[NAME=]X1,Y1,X2,Y2,X3,Y3,...",
+                   help="count tracked objects inside this polygon (pixels), now and all visits; repeatable; "
+                        "needs --track")
     o = p.add_argument_group("outputs")
     show = o.add_mutually_exclusive_group()
     show.add_argument("--show", dest="show", action="store_true", default=None, help="open a window")
@@ -108,6 +124,90 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log-every", type=float, default=10.0, help="seconds between status lines (0: none)")
     o.add_argument("-v", "--verbose", action="store_true", help="debug messages (pipelines, HTTP requests)")
     return p
+
+
+REGION_FORMS = {"line": ("X1,Y1,X2,Y2: two points", 2, 2, "door=320,0,320,480"),
+               "zone": ("X1,Y1,X2,Y2,X3,Y3,...: three points or more", 3, None, "dock=0,240,320,240,320,480,0,480")}
+
+
+def region_argument(kind: str):  # noqa: ANN201 (an argparse type)
+    """The argparse type of --line or --zone: '[NAME=]x1,y1,x2,y2,...' -> (name or None, [(x, y), ...])."""
+    form, least, most, example = REGION_FORMS[kind]
+
+    def parse(text: str) -> tuple[str | None, list[tuple[float, float]]]:
+        name, _, numbers = text.rpartition("=")
+        try:
+            values = [float(v) for v in numbers.split(",")]
+        except ValueError:
+            values = []
+        points = len(values) // 2
+        if (not values or len(values) % 2 or points < least or (most and points > most)
+                or not np.isfinite(values).all()):
+            raise argparse.ArgumentTypeError(f"{text!r}: write a {kind} as [NAME=]{form}, in pixels of the "
+                                             f"source's frames, e.g. {example}")
+        return name.strip() or None, list(zip(values[0::2], values[1::2]))
+
+    return parse
+
+
+def check_analytics(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error (status 2) when --line or --zone come without --track, or two share a name."""
+    if (args.line or args.zone) and not args.track:
+        parser.error("--line and --zone count tracked objects: add --track")
+    for kind, shapes in (("line", args.line), ("zone", args.zone)):
+        names = [name or f"{kind}{i}" for i, (name, _) in enumerate(shapes, 1)]
+        if len(set(names)) < len(names):
+            parser.error(f"two --{kind} options have the same name ({', '.join(names)}): name each one differently")
+
+
+# ---------------------------------------------------------------------------------------------- analytics
+
+class Analytics:
+    """--track, --line and --zone: ids from a Tracker for each frame's detections, and the counters that follow
+    the tracked objects."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.conf = args.conf
+        self.tracker = Tracker()  # here, before any frame, a missing analytics extra is an error
+        self.frame_rate: float | None = None
+        self.lines = [LineCounter(*points, name=name or f"line{i}") for i, (name, points) in enumerate(args.line, 1)]
+        self.zones = [ZoneCounter(points, name=name or f"zone{i}") for i, (name, points) in enumerate(args.zone, 1)]
+
+    def update(self, found: Detections, fps: float | None) -> Detections:
+        """The tracked detections of the next frame (those in a track, or scoring at least --conf), counted."""
+        if self.frame_rate is None:  # the source's rate is known once it is open: the first frame
+            self.frame_rate = fps or 30.0
+            self.tracker = Tracker(frame_rate=self.frame_rate)
+            self._check_inside(found.image_size)
+        tracked = self.tracker.update(found)
+        tracked = tracked[(tracked.tracker_id >= 0) | (tracked.scores >= self.conf)]
+        for counter in (*self.lines, *self.zones):
+            counter.update(tracked)
+        return tracked
+
+    def draw(self, image: np.ndarray) -> None:
+        """The lines and zones with their counts, in place."""
+        for line in self.lines:
+            line.draw(image, color=(0, 255, 255))
+        for zone in self.zones:
+            zone.draw(image, color=(255, 255, 0))
+
+    @property
+    def counts(self) -> dict | None:
+        """{"lines": {name: in, out per class}, "zones": {name: now, visits per class}}, or None without any."""
+        if not self.lines and not self.zones:
+            return None
+        return {"lines": {c.name: c.counts for c in self.lines}, "zones": {c.name: c.counts for c in self.zones}}
+
+    def _check_inside(self, size: tuple[int, int] | None) -> None:
+        if size is None:
+            return
+        h, w = size
+        shapes = [(c.name, [c.start, c.end]) for c in self.lines] + [(c.name, c.polygon.tolist()) for c in self.zones]
+        for name, points in shapes:
+            if any(not (0 <= x <= w and 0 <= y <= h) for x, y in points):
+                log.warning("%s reaches outside the %dx%d frames: its coordinates are in pixels of the source",
+                            name, w, h)
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -230,7 +330,14 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     options = {"threads": args.threads} if args.threads else {}
     classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
     try:
-        detector = Detector(args.model, backend=backend, conf=args.conf, max_det=args.max_det, classes=classes,
+        analytics = Analytics(args) if args.track else None
+    except DeimEdgeError as e:
+        log.error("%s", e)
+        return 2
+    # the tracker's second stage matches uncertain detections to its tracks: detect down to its low_conf
+    conf = min(args.conf, analytics.tracker.low_conf) if analytics else args.conf
+    try:
+        detector = Detector(args.model, backend=backend, conf=conf, max_det=args.max_det, classes=classes,
                             **options)
     except DeimEdgeError as e:
         log.error("cannot load the model: %s", e)
@@ -260,17 +367,23 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             t0 = time.perf_counter()
             dets: Detections = detector(frame.image, color="BGR")
             infer_ms = 1000 * (time.perf_counter() - t0)
+            if analytics is not None:
+                dets = analytics.update(dets, reader.fps)
+            counts = analytics.counts if analytics is not None else None
             meter.tick()
             annotated = dets.draw(frame.image)
+            if analytics is not None:
+                analytics.draw(annotated)
             draw_hud(annotated, [f"{meter.fps:5.1f} FPS  {infer_ms:5.1f} ms  {len(dets)} objects",
                                  f"frame {frame.seq}" + (f"  {frame.name}" if frame.name else "")])
             record = None
             if outputs.json is not None:
                 record = {"frame": processed, "capture": frame.seq, "time": round(frame.time, 3), "lag": lag,
                           "ms": round(infer_ms, 2), **({"file": frame.name} if frame.name else {}),
-                          **dets.to_dict()}
+                          **dets.to_dict(), **({"counts": counts} if counts else {})}
             if outputs.server is not None:
-                outputs.server.stats = {"fps": meter.fps, "ms": infer_ms, "processed": processed + 1}
+                outputs.server.stats = {"fps": meter.fps, "ms": infer_ms, "processed": processed + 1,
+                                        **({"counts": counts} if counts else {})}
             if not outputs.write(annotated, record, reader.fps):
                 log.info("window closed: stopping")
                 break
@@ -299,7 +412,9 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_analytics(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s detect_stream: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:  # OpenCV's own warnings repeat what the messages here say

@@ -1,9 +1,9 @@
 """A live MJPEG stream over HTTP: what a browser on the same network opens to watch a headless board.
 
-GET /            a page showing the stream
+GET /            a page showing the stream, and the counts of lines and zones beside it when there are any
 GET /stream.mjpg multipart/x-mixed-replace JPEGs, one per published frame
 GET /frame.jpg   the newest frame
-GET /stats       JSON: frames published, clients connected, and what the app adds (fps, ...)
+GET /stats       JSON: frames published, clients connected, and what the app adds (fps, counts, ...)
 """
 
 from __future__ import annotations
@@ -24,21 +24,60 @@ log = logging.getLogger("detect_stream")
 BOUNDARY = "frame"
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
+<title>%TITLE%</title>
 <style>
-  html, body {{ margin: 0; background: #111; color: #ccc; font: 14px sans-serif; }}
-  img {{ display: block; max-width: 100vw; max-height: calc(100vh - 2em); margin: 0 auto; }}
-  p {{ margin: 0.3em; text-align: center; }}
+  html, body { margin: 0; background: #111; color: #ccc; font: 14px sans-serif; }
+  main { display: flex; flex-wrap: wrap; justify-content: center; align-items: flex-start; gap: 0.5em; }
+  img { display: block; max-width: 100%; max-height: calc(100vh - 2em); }
+  p { margin: 0.3em; text-align: center; }
+  #counts { font-size: 13px; }
+  #counts table { border-collapse: collapse; margin: 0 0 0.6em; }
+  #counts th, #counts td { padding: 0.1em 0.5em; text-align: right; }
+  #counts th:first-child, #counts td:first-child { text-align: left; }
+  #counts th { color: #fff; border-bottom: 1px solid #555; }
+  #counts tr.total td { color: #fff; font-weight: bold; }
 </style></head>
 <body>
-<img id="stream" alt="waiting for frames">
-<p>{title} &middot; <a href="stream.mjpg" style="color:#8cf">stream.mjpg</a> &middot; <span id="stats"></span></p>
+<main><img id="stream" alt="waiting for frames"><aside id="counts" hidden></aside></main>
+<p>%TITLE% &middot; <a href="stream.mjpg" style="color:#8cf">stream.mjpg</a> &middot; <span id="stats"></span></p>
 <script>
+  // one table per line (in, out) or zone (now, visits): a total row, then a row per class
+  function table(name, columns) {
+    const t = document.createElement("table");
+    const row = (cells, cls) => {
+      const tr = t.insertRow();
+      if (cls) tr.className = cls;
+      cells.forEach((text, i) => {
+        const cell = document.createElement(cls === "head" ? "th" : "td");
+        cell.textContent = text;
+        tr.appendChild(cell);
+      });
+    };
+    row([name, ...columns.map(c => c[0])], "head");
+    row(["all", ...columns.map(c => c[1])], "total");
+    const classes = [...new Set(columns.flatMap(c => Object.keys(c[2])))].sort();
+    classes.forEach(k => row([k, ...columns.map(c => c[2][k] || 0)]));
+    return t;
+  }
+  function showCounts(counts) {
+    const panel = document.getElementById("counts");
+    panel.hidden = !counts;
+    if (!counts) return;
+    const lines = Object.entries(counts.lines).map(([name, c]) =>
+      table(name, [["in", c.in, c.in_per_class], ["out", c.out, c.out_per_class]]));
+    const zones = Object.entries(counts.zones).map(([name, c]) =>
+      table(name, [["now", c.now, c.now_per_class], ["visits", c.visits, c.visits_per_class]]));
+    panel.replaceChildren(...lines, ...zones);
+  }
+  function poll() {
+    fetch("stats").then(r => r.json()).then(s => {
+      document.getElementById("stats").textContent = `${s.fps.toFixed(1)} fps, ${s.frames} frames`;
+      showCounts(s.counts);
+    }).catch(() => {});
+  }
   // start the stream after the page has loaded, so the page's load event does not wait on an endless image
-  window.addEventListener("load", () => {{ document.getElementById("stream").src = "stream.mjpg"; }});
-  setInterval(() => fetch("stats").then(r => r.json()).then(s => {{
-    document.getElementById("stats").textContent = `${{s.fps.toFixed(1)}} fps, ${{s.frames}} frames`;
-  }}).catch(() => {{}}), 1000);
+  window.addEventListener("load", () => { document.getElementById("stream").src = "stream.mjpg"; poll(); });
+  setInterval(poll, 1000);
 </script>
 </body></html>
 """
@@ -133,7 +172,7 @@ def _handler(server: MjpegServer) -> type[BaseHTTPRequestHandler]:
             try:
                 if path in ("/", "/index.html"):
                     self._send(HTTPStatus.OK, "text/html; charset=utf-8",
-                               PAGE.format(title=html.escape(server.title)).encode())
+                               PAGE.replace("%TITLE%", html.escape(server.title)).encode())
                 elif path == "/stream.mjpg":
                     self._stream()
                 elif path == "/frame.jpg":

@@ -1,5 +1,5 @@
 """Frame sources for detect_stream.py: cameras (CSI, USB), network streams, video files, image folders and a
-synthetic pattern, read in a thread of their own that reconnects live sources when they drop.
+synthetic scene of moving shapes, read in a thread of their own that reconnects live sources when they drop.
 
 A source spec is text: `csi`, `csi:1`, `usb`, `usb:1`, `/dev/video0`, `rtsp://...` (or http://, rtmp://, udp://),
 `gst:<pipeline ending in appsink>`, a video file, an image folder or file, or `synthetic[:WxH][@FPS]`.
@@ -22,6 +22,7 @@ import numpy as np
 
 from deim_edge.errors import ImageError
 from deim_edge.media import Video, image_files, is_image, read_image
+from deim_edge.synthetic import SHAPES, draw_scene
 
 log = logging.getLogger("detect_stream")
 
@@ -207,7 +208,9 @@ class FolderCapture(Capture):
 
 
 class SyntheticCapture(Capture):
-    """A moving test pattern, `WxH@FPS` (FPS 0: as fast as it is read): checks a board without a camera."""
+    """Shapes of the synthetic training set (deim_edge.synthetic: circle, square, triangle, ring) gliding over a
+    gradient and bouncing off the edges, `WxH@FPS` (FPS 0: as fast as it is read): checks a board without a camera,
+    and gives the bundled synthetic checkpoint objects to detect and track. Frame n is the same on every run."""
 
     def __init__(self, spec: SourceSpec) -> None:
         match = re.fullmatch(r"(?:(\d+)x(\d+))?(?:@(\d+(?:\.\d+)?))?", spec.target)
@@ -216,22 +219,54 @@ class SyntheticCapture(Capture):
                               fatal=True)
         w, h, fps = match.groups()
         self.width, self.height = int(w or 640), int(h or 480)
+        side = min(self.width, self.height)
+        if side < 32:
+            raise SourceError(f"synthetic source {spec.target!r}: make the frames at least 32x32", fatal=True)
         self.fps = float(fps) if fps is not None else 30.0
         y, x = np.mgrid[0:self.height, 0:self.width]
         base = np.stack([x * 255 // max(1, self.width - 1), y * 255 // max(1, self.height - 1),
                          np.full_like(x, 96)], axis=-1)
         self.background = base.astype(np.uint8)
+        rng = np.random.default_rng(0)
+        self.sprites = [_sprite(rng, label, side) for label in range(len(SPRITE_CLASSES))]
+        angles = rng.uniform(0, 2 * np.pi, len(self.sprites))  # speeds: 0.2 to 0.4 of the shorter side per second
+        self.velocity = np.stack([np.cos(angles), np.sin(angles)], 1) * rng.uniform(0.2, 0.4, (len(angles), 1)) * side
+        self.start = rng.uniform(0, 1, (len(self.sprites), 2))  # where each starts, a fraction of its free range
         self.count = 0
 
     def read(self) -> tuple[np.ndarray, str] | None:
         image = self.background.copy()
-        side = max(8, min(self.width, self.height) // 4)
-        x = (self.count * 7) % max(1, self.width - side)
-        y = (self.count * 3) % max(1, self.height - side)
-        cv2.rectangle(image, (x, y), (x + side, y + side), (255, 255, 255), cv2.FILLED)
-        cv2.putText(image, str(self.count), (8, self.height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2)
+        seconds = self.count / (self.fps or 30.0)
+        for (pixels, mask), start, velocity in zip(self.sprites, self.start, self.velocity):
+            h, w = mask.shape
+            free = (self.width - w, self.height - h)
+            x, y = (_bounce(s * f + v * seconds, f) for s, v, f in zip(start, velocity, free))
+            cv2.copyTo(pixels, mask, image[y:y + h, x:x + w])  # in place, and far cheaper than numpy's mask indexing
         self.count += 1
         return image, ""
+
+
+SPRITE_CLASSES = SHAPES[:4]  # the shapes the bundled checkpoint knows
+
+
+def _sprite(rng: np.random.Generator, label: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """One shape of class `label` as deim_edge.synthetic draws it in a side x side scene, at least a fifth of the
+    side across: its pixels (BGR) and mask (uint8, 1 on the shape), cropped to its box."""
+    for _ in range(200):  # a scene has one random shape: draw until one of this class and size comes
+        image, boxes, labels, instances = draw_scene(rng, side, side, len(SPRITE_CLASSES), max_objects=1)
+        x1, y1, x2, y2 = boxes[0].astype(int)
+        if labels[0] == label and min(x2 - x1, y2 - y1) >= side // 5:
+            break
+    mask = (instances[y1:y2, x1:x2] == 1).astype(np.uint8)
+    return np.ascontiguousarray(image[y1:y2, x1:x2, ::-1]), mask
+
+
+def _bounce(position: float, span: int) -> int:
+    """`position` folded into 0..span, as an object bouncing between two walls travels."""
+    if span <= 0:
+        return 0
+    folded = position % (2 * span)
+    return int(folded if folded <= span else 2 * span - folded)
 
 
 def open_capture(spec: SourceSpec) -> Capture:
