@@ -8,6 +8,8 @@ policy and the schedule scale by 1) and a line per decision, printed at the star
 - learning rates scale with sqrt(batch / the recipe's batch) (AdamW's usual rule) above the recipe's batch and
   stay at the recipe's below it (times --lr-scale): on a 42-image set at batch 8, Atto with the rate scaled
   down (5e-4) reached half the AP50 of the recipe's 2e-3 after 66 epochs (0.066 against 0.123);
+- on a small set the rate falls to 5% of itself by the end (the recipe: to half): on the 42-tile forest set a
+  20-minute Atto run's held-out AP50 rose as long as the rate fell, and reached 0.299 against 0.285 (to half);
 - warm-up is at most 5% of the run's iterations, so a short run does not spend its budget warming up;
 - on a small set (under SMALL_SET images) the final no-augmentation phase is cut to 2% of the epochs, at
   least one, and the photometric / zoom-out / IoU-crop augmentations run until it (the recipe stops them at
@@ -33,6 +35,7 @@ from ..variants import TrainRecipe, Variant
 from .data_check import DataStats, finest_stride
 
 SMALL_SET = 2000  # images; under this the small-set rules apply
+SMALL_SET_LR_GAMMA = 0.05  # the final rate's share of the initial on a small set
 SHARE = 0.05  # the most of a run's iterations warm-up and the EMA horizon take
 
 
@@ -57,6 +60,10 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
                  + (f", x sqrt({batch}/{base.total_batch_size})" if batch > base.total_batch_size else
                     f", kept at batch {batch}" if batch < base.total_batch_size else "")
                  + (f", x lr-scale {lr_scale:g}" if lr_scale != 1 else ""))
+    lr_gamma = base.lr_gamma
+    if small:  # a short run on a few images keeps improving as the rate falls: let it fall further
+        lr_gamma = min(lr_gamma, SMALL_SET_LR_GAMMA)
+        lines.append(f"  the rate falls to {lr_gamma:g}x by the end (the recipe: {base.lr_gamma:g}x)")
     if warmup_iters is None:
         warmup_iters = max(1, min(round(base.warmup_iters * f), round(SHARE * total)))
     lines.append(f"  warm-up {warmup_iters} iterations ({warmup_iters / total:.1%} of the run)")
@@ -103,7 +110,7 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
                      f"stops them at {base.aug_policy_epochs[2] / base.epochs:.0%} of the run)")
     recipe = dataclasses.replace(
         base, epochs=epochs, lr=base.lr * lr_factor, backbone_lr=base.backbone_lr * lr_factor,
-        total_batch_size=batch, warmup_iters=warmup_iters, flat_epoch=scale_epoch(base.flat_epoch, f),
+        lr_gamma=lr_gamma, total_batch_size=batch, warmup_iters=warmup_iters, flat_epoch=scale_epoch(base.flat_epoch, f),
         no_aug_epoch=no_aug, aug_policy_epochs=(p0, p1, p2),
         mixup_epochs=tuple(scale_epoch(e, f) for e in base.mixup_epochs),
         copyblend_epochs=tuple(scale_epoch(e, f) for e in base.copyblend_epochs),
