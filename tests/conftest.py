@@ -11,6 +11,7 @@ import pytest
 from deim_edge.compare import match_queries, query_rows
 
 DATA = Path(__file__).parent / "data"
+BUNDLED = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"  # Atto @320, 4 shapes
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,6 +20,17 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def trained_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled synthetic-shapes Atto (320, circle/square/triangle/ring) as ONNX with a dynamic batch, exported
+    once per session: the model the analytics tests track, count and slice with."""
+    pytest.importorskip("torch", reason="exporting the bundled checkpoint needs torch")
+    pytest.importorskip("onnxruntime", reason="running the export needs ONNX Runtime")
+    from deim_edge.export import export
+
+    return export(BUNDLED, "onnx", out=tmp_path_factory.mktemp("trained") / "atto.onnx", dynamic_batch=True)
 
 
 Listing = dict[str, tuple[tuple[int, ...], str]]

@@ -36,7 +36,6 @@ SIZE = (320, 240)  # test video frames, w x h
 HUD_ROWS = 48  # detect_stream's FPS lines at the top of each frame
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-CHECKPOINT = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"
 SHAPE_NAMES = ["circle", "square", "triangle", "ring"]  # what the bundled checkpoint learned
 SCREENSHOT_COPY = os.environ.get("DEIM_EDGE_SCREENSHOT_COPY")  # also save the tracking page's screenshot here
 
@@ -49,15 +48,6 @@ def model(tmp_path_factory) -> Path:
     with pytest.warns(Warning, match="RANDOM weights"):
         return export(None, "onnx", variant="deimv2-atto", imgsz=160,
                       out=tmp_path_factory.mktemp("model") / "atto.onnx", verify=False)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """The bundled synthetic-shapes Atto at 320 as ONNX: a model that finds, so tracking has objects to follow."""
-    from deim_edge.export import export
-
-    return export(CHECKPOINT, "onnx", class_names=SHAPE_NAMES, out=tmp_path_factory.mktemp("trained") / "atto.onnx",
-                  verify=False)
 
 
 @pytest.fixture(scope="module")
@@ -263,9 +253,9 @@ def wait_for_counts(url: str, app: App, timeout: float = 90.0) -> dict:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="the browser test needs Chromium, which is not installed "
                                               "(Debian/Ubuntu: apt-get install -y chromium)")
-def test_page_shows_track_ids_and_counts_while_tracking(trained, shapes_video, tmp_path):
+def test_page_shows_track_ids_and_counts_while_tracking(trained_onnx, shapes_video, tmp_path):
     lines = tmp_path / "tracked.jsonl"
-    app = App(stream_command(trained, "--source", shapes_video, "--loop", "--serve", 0, "--host", "127.0.0.1",
+    app = App(stream_command(trained_onnx, "--source", shapes_video, "--loop", "--serve", 0, "--host", "127.0.0.1",
                              "--json", lines, "--track", "--line", "door=240,350,240,40",
                              "--zone", "dock=300,200,470,200,470,350,300,350"))
     try:
@@ -370,10 +360,10 @@ def long_stream(model: Path, jsonl: Path, *options, frames: int = 2000, warmup: 
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
-def test_long_tracked_stream_counts_with_flat_memory(trained, tmp_path):
+def test_long_tracked_stream_counts_with_flat_memory(trained_onnx, tmp_path):
     """2,000 frames tracked and counted: flat memory and always the newest frame (long_stream), and the ids
     and counts make sense (the untracked stream runs the same loop less the analytics)."""
-    records = long_stream(trained, tmp_path / "tracked.jsonl", "--track", "--line", "160,230,160,40",
+    records = long_stream(trained_onnx, tmp_path / "tracked.jsonl", "--track", "--line", "160,230,160,40",
                           "--zone", "dock=170,120,310,120,310,230,170,230")
     tracks = [[d["track"] for d in r["detections"]] for r in records]
     ids = {t for frame in tracks for t in frame if t >= 0}

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import BUNDLED
 from test_bad_input_predict import one_error_line
 from test_slicing import large_scene, overlaps
 
@@ -22,7 +23,6 @@ from deim_edge.tracking import Tracker
 pytest.importorskip("supervision")
 pytest.importorskip("trackers")
 
-MODEL = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"
 FRAMES, SIDE = 40, 320
 
 
@@ -59,23 +59,16 @@ def moving_shapes_video(path: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory) -> Path:
-    from deim_edge.export import export
-
-    return export(MODEL, "onnx", out=tmp_path_factory.mktemp("track") / "atto.onnx")
-
-
-@pytest.fixture(scope="module")
 def video(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     path = tmp_path_factory.mktemp("video") / "clip.avi"
     return path, moving_shapes_video(path)
 
 
 @pytest.fixture(scope="module")
-def tracked(onnx_model, video, tmp_path_factory) -> Path:
+def tracked(trained_onnx, video, tmp_path_factory) -> Path:
     """The save folder of `predict --track` over the video."""
     out = tmp_path_factory.mktemp("tracked") / "out"
-    assert main(["predict", str(onnx_model), str(video[0]), "--track", "--threads", "1", "--save", str(out)]) == 0
+    assert main(["predict", str(trained_onnx), str(video[0]), "--track", "--threads", "1", "--save", str(out)]) == 0
     return out
 
 
@@ -112,16 +105,17 @@ def test_each_moving_shape_keeps_one_track_id(tracked, video):
     assert max(set(ids[0]), key=ids[0].count) != max(set(ids[1]), key=ids[1].count)
 
 
-def test_slice_finds_more_small_objects_in_a_large_image(onnx_model, tmp_path):
+def test_slice_finds_more_small_objects_in_a_large_image(trained_onnx, tmp_path):
     image, boxes, _, _ = large_scene(seed=5)
     image, boxes = image[:1280, :1280], boxes[(boxes[:, 2] <= 1280) & (boxes[:, 3] <= 1280)]
     path = tmp_path / "large.png"
     cv2.imwrite(str(path), image[..., ::-1])
     counts = {}
     for name, options in {"whole": [], "sliced": ["--slice", "320", "--overlap", "0.2"]}.items():
-        assert main(["predict", str(onnx_model), str(path), "--threads", "1", "--json", str(tmp_path / f"{name}.json"),
+        json_path = tmp_path / f"{name}.json"
+        assert main(["predict", str(trained_onnx), str(path), "--threads", "1", "--json", str(json_path),
                      *options]) == 0
-        found = json.loads((tmp_path / f"{name}.json").read_text())[str(path)]
+        found = json.loads(json_path.read_text())[str(path)]
         iou = overlaps(boxes, np.array([d["box"] for d in found], np.float32).reshape(-1, 4))[0]
         counts[name] = int((iou.max(1, initial=0) >= 0.5).sum())
     print(f"\nof {len(boxes)} objects in 1280x1280, found whole {counts['whole']}, with --slice 320 {counts['sliced']}")
@@ -139,7 +133,7 @@ def test_bad_options_are_one_line_before_the_model_loads(options, says, tmp_path
     monkeypatch.setattr(Detector, "__init__", no_model)
     image = tmp_path / "image.jpg"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
-    assert main(["predict", str(MODEL), str(image), *options, "--save", str(tmp_path / "out")]) == 2
+    assert main(["predict", str(BUNDLED), str(image), *options, "--save", str(tmp_path / "out")]) == 2
     assert says in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
@@ -149,11 +143,11 @@ def test_track_on_a_folder_with_images_names_them(video, tmp_path, capsys):
     folder.mkdir()
     (folder / "clip.avi").write_bytes(video[0].read_bytes())
     cv2.imwrite(str(folder / "still.png"), np.zeros((64, 64, 3), np.uint8))
-    assert main(["predict", str(MODEL), str(folder), "--track"]) == 2
+    assert main(["predict", str(BUNDLED), str(folder), "--track"]) == 2
     assert "1 input(s) are not videos (" + str(folder / "still.png") in one_error_line(capsys.readouterr().err)
 
 
-def test_ctrl_c_mid_video_leaves_no_half_video_or_json_lines(onnx_model, video, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_mid_video_leaves_no_half_video_or_json_lines(trained_onnx, video, tmp_path, capsys, monkeypatch):
     """Interrupted on the second video's fifth frame: the first video's outputs stay, none of the second's."""
     second = tmp_path / "second.avi"
     second.write_bytes(video[0].read_bytes())
@@ -167,7 +161,7 @@ def test_ctrl_c_mid_video_leaves_no_half_video_or_json_lines(onnx_model, video, 
 
     monkeypatch.setattr(Tracker, "update", interrupt)
     out = tmp_path / "out"
-    assert main(["predict", str(onnx_model), str(video[0]), str(second), "--track", "--save", str(out)]) == 130
+    assert main(["predict", str(trained_onnx), str(video[0]), str(second), "--track", "--save", str(out)]) == 130
     assert "Traceback" not in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip.mp4", "detections.errors.json",
                                                      "detections.json"]

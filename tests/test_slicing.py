@@ -5,7 +5,6 @@ slicing."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from deim_edge.synthetic import SHAPES, _background, _shape_mask
 
 pytest.importorskip("supervision")
 
-MODEL = Path(__file__).parents[1] / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"
 SIZE, TILE, OVERLAP = 2400, 320, 0.2  # the scene's side; tiles of the model's input size
 NUM_OBJECTS, NUM_ON_BORDERS = 120, 30
 GAP = 12  # the least free space between two objects' boxes
@@ -132,24 +130,16 @@ class RecordingRuntime:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory) -> Path:
-    """The bundled checkpoint as ONNX with a dynamic batch, exported once."""
-    from deim_edge.export import export
-
-    return export(MODEL, "onnx", out=tmp_path_factory.mktemp("slicing") / "atto.onnx", dynamic_batch=True)
-
-
-@pytest.fixture(scope="module")
 def scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return large_scene()
 
 
 @pytest.fixture(scope="module")
-def results(onnx_model, scene) -> dict:
+def results(trained_onnx, scene) -> dict:
     """The scene detected whole and tile by tile, with the batch size of each runtime call of the sliced run."""
     image = scene[0]
-    recorder = RecordingRuntime(Detector(onnx_model, threads=1).runtime)
-    return {"whole": Detector(onnx_model, threads=1)(image, color="RGB"),
+    recorder = RecordingRuntime(Detector(trained_onnx, threads=1).runtime)
+    return {"whole": Detector(trained_onnx, threads=1)(image, color="RGB"),
             "sliced": Detector(recorder, slice=TILE, overlap=OVERLAP)(image, color="RGB"), "calls": recorder.calls}
 
 
@@ -184,27 +174,27 @@ def test_tiles_go_through_the_runtime_in_batches(results):
     assert sum(calls) == tiles ** 2 and max(calls) == 8 and calls.count(8) == tiles ** 2 // 8, calls
 
 
-def test_an_artifact_with_a_fixed_batch_gets_full_batches(onnx_model, scene):
+def test_an_artifact_with_a_fixed_batch_gets_full_batches(trained_onnx, scene):
     image = scene[0][:900, :700]
-    fixed = RecordingRuntime(Detector(onnx_model, threads=1).runtime, batch=5)
+    fixed = RecordingRuntime(Detector(trained_onnx, threads=1).runtime, batch=5)
     sliced = Detector(fixed, slice=TILE, overlap=OVERLAP)(image, color="RGB")
-    dynamic = Detector(onnx_model, threads=1, slice=TILE, overlap=OVERLAP)(image, color="RGB")
+    dynamic = Detector(trained_onnx, threads=1, slice=TILE, overlap=OVERLAP)(image, color="RGB")
     assert fixed.calls == [5, 5, 5]  # 3 x 4 tiles, five at a time, the last two padded with blank ones
     assert len(dynamic) > 5
     assert_same_detections(sliced, dynamic, box_atol=1e-3, score_atol=1e-5)
 
 
-def test_an_image_that_fits_in_one_tile_is_detected_as_without_slicing(onnx_model, scene):
+def test_an_image_that_fits_in_one_tile_is_detected_as_without_slicing(trained_onnx, scene):
     image = scene[0][1000:1300, 900:1240]
-    plain = Detector(onnx_model, threads=1)(image, color="RGB")
-    sliced = Detector(onnx_model, threads=1, slice=640)(image, color="RGB")
+    plain = Detector(trained_onnx, threads=1)(image, color="RGB")
+    sliced = Detector(trained_onnx, threads=1, slice=640)(image, color="RGB")
     assert len(plain) > 0 and sliced.image_size == plain.image_size == (300, 340)
     assert_same_detections(sliced, plain, box_atol=1e-4)
 
 
-def test_colour_order_is_kept_through_the_tiles(onnx_model, scene):
+def test_colour_order_is_kept_through_the_tiles(trained_onnx, scene):
     image = np.ascontiguousarray(scene[0][:700, :700])
-    detector = Detector(onnx_model, threads=1, slice=TILE, overlap=OVERLAP)
+    detector = Detector(trained_onnx, threads=1, slice=TILE, overlap=OVERLAP)
     from_rgb, from_bgr = detector(image, color="RGB"), detector(np.ascontiguousarray(image[..., ::-1]))
     assert len(from_rgb) > 0 and from_rgb.names == ("circle", "square", "triangle", "ring")
     assert_same_detections(from_bgr, from_rgb, box_atol=1e-4)

@@ -19,22 +19,13 @@ from deim_edge.tracking import Tracker, one_per_box
 sv = pytest.importorskip("supervision", reason="counting needs the analytics extra: pip install 'deim-edge[analytics]'")
 tracker_eval = pytest.importorskip("trackers.eval", reason="tracking needs the analytics extra")
 
-CHECKPOINT = Path(__file__).parent.parent / "deim_edge" / "assets" / "deimv2-atto-synthetic.pth"
 MIN_IOU = 0.5  # a tracked box matches a true one at this overlap (MOTChallenge's)
 NAMES = ("a", "b", "c")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch", reason="exporting the bundled checkpoint needs torch")
-    pytest.importorskip("onnxruntime", reason="running the export needs ONNX Runtime")
-    from deim_edge.export import export
-    return export(CHECKPOINT, "onnx", out=tmp_path_factory.mktemp("tracking") / "atto.onnx")
-
-
-@pytest.fixture(scope="module")
-def detector(model: Path) -> Detector:
-    return Detector(model, threads=1)
+def detector(trained_onnx: Path) -> Detector:
+    return Detector(trained_onnx, threads=1)
 
 
 @pytest.fixture(scope="module")

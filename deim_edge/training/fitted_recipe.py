@@ -109,8 +109,8 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
         lines.append(f"  photometric distortion, zoom-out and IoU crop until the last {no_aug} epoch(s) (the recipe "
                      f"stops them at {base.aug_policy_epochs[2] / base.epochs:.0%} of the run)")
     recipe = dataclasses.replace(
-        base, epochs=epochs, lr=base.lr * lr_factor, backbone_lr=base.backbone_lr * lr_factor,
-        lr_gamma=lr_gamma, total_batch_size=batch, warmup_iters=warmup_iters, flat_epoch=scale_epoch(base.flat_epoch, f),
+        base, epochs=epochs, lr=base.lr * lr_factor, backbone_lr=base.backbone_lr * lr_factor, lr_gamma=lr_gamma,
+        total_batch_size=batch, warmup_iters=warmup_iters, flat_epoch=scale_epoch(base.flat_epoch, f),
         no_aug_epoch=no_aug, aug_policy_epochs=(p0, p1, p2),
         mixup_epochs=tuple(scale_epoch(e, f) for e in base.mixup_epochs),
         copyblend_epochs=tuple(scale_epoch(e, f) for e in base.copyblend_epochs),
