@@ -157,7 +157,7 @@ def test_a_time_budget_fits_the_schedule_and_stops_with_whole_checkpoints(data, 
     elapsed = time.perf_counter() - start
     evals = [r["time_s"] - r["train_s"] for r in history if "AP" in r]
     assert elapsed <= 60 * budget_min + 1.5 * max(evals) + 5  # the budget, one evaluation, and some noise
-    assert 2 <= len(history) and trainer.epochs >= len(history)
+    assert 2 <= len(history) and trainer.epochs >= len(history) >= trainer.epochs - 1  # the plan ended in time
     assert trainer.recipe.epochs == trainer.epochs  # the recipe was refitted to the run's length
     for name in ("last.pth", "best.pth"):  # whole, loadable; best.pth may predate the last refit
         ckpt = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
