@@ -4,6 +4,8 @@ training set `deim_edge.training.data.synthetic` draw them)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -21,7 +23,7 @@ def class_names(num_classes: int) -> tuple[str, ...]:
     return SHAPES[:num_classes]
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A textured HxWx3 uint8 background: a gradient, blotchy noise and random lines."""
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     angle = rng.uniform(0, 2 * np.pi)
@@ -45,12 +47,14 @@ def _polygon(center: np.ndarray, radius: float, angles: np.ndarray, rot: float) 
     return np.round(pts).astype(np.int32).reshape(-1, 1, 2)
 
 
-def _shape_mask(rng: np.random.Generator, shape: str, h: int, w: int) -> np.ndarray:
-    """A bool [H,W] mask of one randomly placed and sized shape (kept fully inside the image)."""
-    r = rng.uniform(0.05, 0.2) * min(h, w)  # circumradius in pixels
-    center = np.array([rng.uniform(r + 1, w - r - 1), rng.uniform(r + 1, h - r - 1)])
-    rot = rng.uniform(-0.35, 0.35)
-    mask = np.zeros((h, w), np.uint8)
+def shape_mask(shape: str, height: int, width: int, center: Sequence[float], radius: float,
+               rot: float = 0.0) -> np.ndarray:
+    """A bool [H,W] mask of one shape of SHAPES, centred at (x, y) with circumradius `radius` in pixels and
+    turned by `rot` radians (circles and rings do not turn); what falls outside the image is cut off."""
+    if shape not in SHAPES:
+        raise ConfigError(f"unknown shape {shape!r}; the shapes are {', '.join(SHAPES)}")
+    center, r = np.asarray(center, np.float64), float(radius)
+    mask = np.zeros((height, width), np.uint8)
     cx, cy = int(round(center[0])), int(round(center[1]))
     if shape == "circle":
         cv2.circle(mask, (cx, cy), int(round(r)), 1, -1)
@@ -73,6 +77,14 @@ def _shape_mask(rng: np.random.Generator, shape: str, h: int, w: int) -> np.ndar
     return mask.astype(bool)
 
 
+def random_shape_mask(rng: np.random.Generator, shape: str, h: int, w: int) -> np.ndarray:
+    """A bool [H,W] mask of one randomly placed and sized shape (kept fully inside the image)."""
+    r = rng.uniform(0.05, 0.2) * min(h, w)  # circumradius in pixels
+    center = np.array([rng.uniform(r + 1, w - r - 1), rng.uniform(r + 1, h - r - 1)])
+    rot = rng.uniform(-0.35, 0.35)
+    return shape_mask(shape, h, w, center, r, rot)
+
+
 def draw_scene(rng: np.random.Generator, height: int, width: int, num_classes: int,
                max_objects: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic image and its objects.
@@ -82,12 +94,12 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, num_classes: i
     instance map int32 [H,W] (0 background, k+1 for object k).
     """
     names = class_names(num_classes)
-    image = _background(rng, height, width)
+    image = background(rng, height, width)
     instances = np.zeros((height, width), np.int32)  # [H,W]
     labels = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         label = int(rng.integers(num_classes))
-        mask = _shape_mask(rng, names[label], height, width)
+        mask = random_shape_mask(rng, names[label], height, width)
         covered = np.bincount(instances[mask], minlength=len(labels) + 1)[1:]
         areas = np.bincount(instances.ravel(), minlength=len(labels) + 1)[1:]
         if not mask.any() or np.any(covered > MAX_COVERED * np.maximum(areas, 1)):

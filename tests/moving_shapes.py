@@ -63,7 +63,7 @@ def render(seed: int = 0) -> Truth:
     rotation; the paths (and so the counts) stay the same."""
     rng = np.random.default_rng(seed)
     h, w = SIZE
-    background = synthetic._background(rng, h, w)
+    background = synthetic.background(rng, h, w)
     looks = [(r * rng.uniform(0.9, 1.1), rot + rng.uniform(-0.1, 0.1), _colour(rng, background))
              for _, r, rot, _ in OBJECTS]
     frames, ids, labels, boxes, ignored = [], [], [], [], []
@@ -127,20 +127,9 @@ def _colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
 
 
 def _mask(shape: str, center: np.ndarray, r: float, rot: float) -> np.ndarray:
-    """A bool mask of one shape on the padded canvas, drawn as synthetic._shape_mask draws it."""
+    """A bool mask of one shape on the padded canvas."""
     h, w = SIZE
-    mask = np.zeros((h + 2 * PAD, w + 2 * PAD), np.uint8)
-    c = center + PAD
-    cx, cy = int(round(c[0])), int(round(c[1]))
-    if shape == "circle":
-        cv2.circle(mask, (cx, cy), int(round(r)), 1, -1)
-    elif shape == "ring":
-        cv2.circle(mask, (cx, cy), int(round(r)), 1, max(int(round(r * 0.3)), 2))
-    elif shape == "square":
-        cv2.fillPoly(mask, [synthetic._polygon(c, r, np.pi / 4 + np.arange(4) * np.pi / 2, rot)], 1)
-    else:  # triangle
-        cv2.fillPoly(mask, [synthetic._polygon(c, r, -np.pi / 2 + np.arange(3) * 2 * np.pi / 3, rot)], 1)
-    return mask.astype(bool)
+    return synthetic.shape_mask(shape, h + 2 * PAD, w + 2 * PAD, center + PAD, r, rot)
 
 
 def _objects(instances: np.ndarray, full_areas: dict[int, int]) -> list[tuple[int, list[float], bool]]:

@@ -17,7 +17,7 @@ from test_slicing import large_scene, overlaps
 from deim_edge import Detector
 from deim_edge.__main__ import main
 from deim_edge.media import Video
-from deim_edge.synthetic import _background, _shape_mask
+from deim_edge import synthetic
 from deim_edge.tracking import Tracker
 
 pytest.importorskip("supervision")
@@ -29,7 +29,7 @@ FRAMES, SIDE = 40, 320
 def shape_of_size(rng: np.random.Generator, shape: str, low: int, high: int) -> np.ndarray:
     """The mask, cropped to its extent, of one synthetic shape `low`..`high` pixels across in a 320x320 frame."""
     while True:
-        mask = _shape_mask(rng, shape, 320, 320)
+        mask = synthetic.random_shape_mask(rng, shape, 320, 320)
         ys, xs = np.nonzero(mask)
         if low <= max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= high:
             return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
@@ -40,7 +40,7 @@ def moving_shapes_video(path: Path) -> list[np.ndarray]:
     (their paths never cross) over a still textured background; returns each frame's true boxes [2,4] (circle,
     square)."""
     rng = np.random.default_rng(3)
-    background = _background(rng, SIDE, SIDE)[..., ::-1]  # BGR
+    background = synthetic.background(rng, SIDE, SIDE)[..., ::-1]  # BGR
     contrast = tuple(int(v) for v in 255 - background.reshape(-1, 3).mean(0))  # far from the background's colour
     shapes = [(shape_of_size(rng, "circle", 70, 90), (10, 210), (5, 0)),
               (shape_of_size(rng, "square", 70, 90), (215, 10), (0, 2))]

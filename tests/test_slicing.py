@@ -14,7 +14,7 @@ from deim_edge import Detector
 from deim_edge.errors import ConfigError
 from deim_edge.results import Detections
 from deim_edge.slicing import check_slicing, detect_sliced
-from deim_edge.synthetic import SHAPES, _background, _shape_mask
+from deim_edge.synthetic import SHAPES, background, random_shape_mask
 
 pytest.importorskip("supervision")
 
@@ -35,7 +35,7 @@ def small_shape(rng: np.random.Generator, shape: str) -> np.ndarray:
     """The bool mask, cropped to its extent, of one shape 32-64 pixels across (circumradius about 16-32: the
     smallest the model saw in training at its 320 input), drawn as synthetic scenes draw them."""
     while True:
-        mask = _shape_mask(rng, shape, 170, 170)
+        mask = random_shape_mask(rng, shape, 170, 170)
         ys, xs = np.nonzero(mask)
         if 32 <= max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= 64:
             return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
@@ -57,7 +57,7 @@ def large_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     extent of each shape's pixels), labels [N], and which objects straddle a tile border [N] (the first
     NUM_ON_BORDERS, centred on a border in x, y or both, so one tile sees a piece and its neighbour the whole)."""
     rng = np.random.default_rng(seed)
-    image = _background(rng, SIZE, SIZE)
+    image = background(rng, SIZE, SIZE)
     borders = tile_borders()
     boxes, labels = np.zeros((0, 4), np.float32), []
     while len(boxes) < NUM_OBJECTS:

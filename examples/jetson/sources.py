@@ -22,7 +22,7 @@ import numpy as np
 
 from deim_edge.errors import ImageError
 from deim_edge.media import Video, image_files, is_image, read_image
-from deim_edge.synthetic import SHAPES, draw_scene
+from deim_edge import synthetic
 
 log = logging.getLogger("detect_stream")
 
@@ -228,7 +228,8 @@ class SyntheticCapture(Capture):
                          np.full_like(x, 96)], axis=-1)
         self.background = base.astype(np.uint8)
         rng = np.random.default_rng(0)
-        self.sprites = [_sprite(rng, label, side) for label in range(len(SPRITE_CLASSES))]
+        backdrop = self.background.reshape(-1, 3).mean(0)
+        self.sprites = [_sprite(rng, label, side, backdrop) for label in range(len(SPRITE_CLASSES))]
         angles = rng.uniform(0, 2 * np.pi, len(self.sprites))  # speeds: 0.2 to 0.4 of the shorter side per second
         self.velocity = np.stack([np.cos(angles), np.sin(angles)], 1) * rng.uniform(0.2, 0.4, (len(angles), 1)) * side
         self.start = rng.uniform(0, 1, (len(self.sprites), 2))  # where each starts, a fraction of its free range
@@ -246,19 +247,24 @@ class SyntheticCapture(Capture):
         return image, ""
 
 
-SPRITE_CLASSES = SHAPES[:4]  # the shapes the bundled checkpoint knows
+SPRITE_CLASSES = synthetic.SHAPES[:4]  # the shapes the bundled checkpoint knows
 
 
-def _sprite(rng: np.random.Generator, label: int, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """One shape of class `label` as deim_edge.synthetic draws it in a side x side scene, at least a fifth of the
-    side across: its pixels (BGR) and mask (uint8, 1 on the shape), cropped to its box."""
-    for _ in range(200):  # a scene has one random shape: draw until one of this class and size comes
-        image, boxes, labels, instances = draw_scene(rng, side, side, len(SPRITE_CLASSES), max_objects=1)
-        x1, y1, x2, y2 = boxes[0].astype(int)
-        if labels[0] == label and min(x2 - x1, y2 - y1) >= side // 5:
-            break
-    mask = (instances[y1:y2, x1:x2] == 1).astype(np.uint8)
-    return np.ascontiguousarray(image[y1:y2, x1:x2, ::-1]), mask
+def _sprite(rng: np.random.Generator, label: int, side: int, backdrop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One shape of class `label` as deim_edge.synthetic draws it, a fifth to two fifths of `side` across, in a
+    flat colour far from the `backdrop` colour: its pixels (BGR) and mask (uint8, 1 on the shape), cropped."""
+    radius = rng.uniform(0.1, 0.2) * side
+    canvas = int(2 * radius) + 5
+    mask = synthetic.shape_mask(SPRITE_CLASSES[label], canvas, canvas, (canvas / 2, canvas / 2), radius,
+                                rng.uniform(-0.35, 0.35))
+    ys, xs = np.nonzero(mask)
+    mask = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8)
+    pixels = np.empty((*mask.shape, 3), np.uint8)
+    colour = rng.integers(0, 256, 3)
+    while np.abs(colour - backdrop).sum() < 150:  # as synthetic scenes pick a colour that stands out
+        colour = rng.integers(0, 256, 3)
+    pixels[:] = colour
+    return pixels, mask
 
 
 def _bounce(position: float, span: int) -> int:
