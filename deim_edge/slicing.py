@@ -23,7 +23,8 @@ DEFAULT_BATCH = 8  # tiles per runtime call for artifacts with a dynamic batch
 
 
 def check_slicing(slice_wh: int | Sequence[int], overlap: float) -> tuple[tuple[int, int], float]:
-    """((w, h), overlap) of a slicing request, or ConfigError: sides of at least 32 pixels, overlap in [0, 1)."""
+    """((w, h), overlap) of a slicing request, or ConfigError: sides of at least 32 pixels, overlap in [0, 1), and
+    the analytics extra installed."""
     if isinstance(slice_wh, numbers.Integral):
         sides = (slice_wh, slice_wh)
     elif isinstance(slice_wh, (Sequence, np.ndarray)) and not isinstance(slice_wh, str):
@@ -35,6 +36,7 @@ def check_slicing(slice_wh: int | Sequence[int], overlap: float) -> tuple[tuple[
                           f"got {slice_wh!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap is a fraction of the tile in [0, 1), e.g. 0.2; got {overlap!r}")
+    import_supervision()  # a missing extra is said now, not at the first image
     return (int(sides[0]), int(sides[1])), float(overlap)
 
 

@@ -5,6 +5,7 @@ slicing."""
 
 from __future__ import annotations
 
+import sys
 
 import numpy as np
 import pytest
@@ -236,3 +237,9 @@ def test_slicing_is_checked_before_the_model_loads():
         Detector("no-such-model.onnx", slice=16)
     assert check_slicing(640, 0) == ((640, 640), 0.0)
     assert check_slicing((640, 480), 0.25) == ((640, 480), 0.25)
+
+
+def test_slicing_without_the_extra_names_it_before_the_model_loads(monkeypatch):
+    monkeypatch.setitem(sys.modules, "supervision", None)  # import supervision now fails
+    with pytest.raises(ConfigError, match=r"deim-edge\[analytics\]"):
+        Detector("no-such-model.onnx", slice=640)
