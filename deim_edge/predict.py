@@ -32,8 +32,11 @@ def json_target(save: str | Path | None, json_path: str | Path | None) -> Path |
 
 def predict_files(sources: list[str], track: bool = False) -> list[Path]:
     """The image and video files of `sources` (see media.media_files); with `track`, ConfigError unless all are
-    videos (tracking follows objects from frame to frame). Call it before long work starts."""
+    videos (tracking follows objects from frame to frame) and the analytics extra is installed. Call it before
+    long work starts."""
     paths = media_files(sources)
+    if track:
+        Tracker()  # a missing analytics extra is said now, before the model loads
     images = [str(p) for p in paths if not is_video(p)]
     if track and images:
         more = f" and {len(images) - 3} more" if len(images) > 3 else ""

@@ -5,6 +5,7 @@ whole; bad options are one line before the model loads; Ctrl-C leaves no half-wr
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -167,3 +168,11 @@ def test_ctrl_c_mid_video_leaves_no_half_video_or_json_lines(trained_onnx, video
                                                      "detections.json"]
     assert list(json.loads((out / "detections.json").read_text())) == [str(video[0])]
     assert len((out / "clip.jsonl").read_text().splitlines()) == FRAMES
+
+
+def test_track_without_the_extra_names_it_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "trackers", None)  # import trackers now fails
+    video = tmp_path / "clip.avi"
+    moving_shapes_video(video)
+    assert main(["predict", "no-such-model.onnx", str(video), "--track"]) == 2
+    assert "deim-edge[analytics]" in one_error_line(capsys.readouterr().err)
