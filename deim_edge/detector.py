@@ -104,8 +104,7 @@ class Detector:
         low = min(self.conf, tracker.low_conf)
         try:
             for frame in frames:
-                tracked = tracker.update(self._detect_each([load_image(frame, color=color)], low)[0])
-                yield frame, tracked[(tracked.tracker_id >= 0) | (tracked.scores >= self.conf)]
+                yield frame, tracker.update(self._detect_each([load_image(frame, color=color)], low)[0], self.conf)
         finally:
             if video is not None:
                 video.close()

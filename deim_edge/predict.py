@@ -18,7 +18,7 @@ from .fileio import atomic_path, check_output
 from .media import Video, is_video, media_files, read_image
 from .progress import Progress
 from .results import Detections
-from .tracking import Tracker
+from .tracking import Tracker, byte_track
 
 
 def json_target(save: str | Path | None, json_path: str | Path | None) -> Path | None:
@@ -36,7 +36,7 @@ def predict_files(sources: list[str], track: bool = False) -> list[Path]:
     long work starts."""
     paths = media_files(sources)
     if track:
-        Tracker()  # a missing analytics extra is said now, before the model loads
+        byte_track()  # a missing analytics extra is said now, before the model loads
     images = [str(p) for p in paths if not is_video(p)]
     if track and images:
         more = f" and {len(images) - 3} more" if len(images) > 3 else ""

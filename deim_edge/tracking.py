@@ -49,10 +49,7 @@ class Tracker:
         for name, value in (("lost_frames", lost_frames), ("min_frames", min_frames)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
-        try:
-            from trackers import ByteTrackTracker
-        except ImportError:
-            raise ConfigError("tracking needs the trackers package: pip install 'deim-edge[analytics]'") from None
+        ByteTrackTracker = byte_track()
         self.low_conf, self.duplicate_iou = float(low_conf), float(duplicate_iou)
         self._tracker = ByteTrackTracker(
             lost_track_buffer=int(lost_frames), frame_rate=float(frame_rate),
@@ -62,15 +59,18 @@ class Tracker:
         self._last_seen: dict[int, int] = {}  # track id -> the frame it was last matched in
         self._frame = 0
 
-    def update(self, detections: Detections) -> Detections:
-        """The next frame's detections with their track ids (in the tracker's order, which may differ)."""
+    def update(self, detections: Detections, conf: float | None = None) -> Detections:
+        """The next frame's detections with their track ids (in the tracker's order, which may differ); with
+        `conf`, only those in a track or scoring at least `conf` (the detector ran down to low_conf for the
+        tracker's second stage; the uncertain ones it did not match are left out)."""
         if not isinstance(detections, Detections):
             raise ConfigError(f"Tracker.update takes the Detections of one frame, got {type(detections).__name__}")
         found = one_per_box(detections[detections.scores >= self.low_conf]).to_supervision()
         tracked = self._tracker.update(found.with_nms(threshold=self.duplicate_iou, class_agnostic=True))
         self._frame += 1
-        return self._vote(Detections.from_supervision(tracked, names=detections.names,
-                                                      image_size=detections.image_size))
+        tracked = self._vote(Detections.from_supervision(tracked, names=detections.names,
+                                                         image_size=detections.image_size))
+        return tracked if conf is None else tracked[(tracked.tracker_id >= 0) | (tracked.scores >= conf)]
 
     def reset(self) -> None:
         """Forget every track (a new stream starts); ids count from 0 again."""
@@ -94,6 +94,15 @@ class Tracker:
         for track in retired:
             del self._votes[track], self._last_seen[track]
         return replace(tracked, labels=labels)
+
+
+def byte_track() -> type:
+    """trackers' ByteTrackTracker class, or a ConfigError naming the extra that installs it."""
+    try:
+        from trackers import ByteTrackTracker
+    except ImportError:
+        raise ConfigError("tracking needs the trackers package: pip install 'deim-edge[analytics]'") from None
+    return ByteTrackTracker
 
 
 def one_per_box(detections: Detections) -> Detections:

@@ -154,11 +154,11 @@ def test_ctrl_c_mid_video_leaves_no_half_video_or_json_lines(trained_onnx, video
     second.write_bytes(video[0].read_bytes())
     update, calls = Tracker.update, []
 
-    def interrupt(self, detections):
+    def interrupt(self, detections, conf=None):
         calls.append(1)
         if len(calls) == FRAMES + 5:
             raise KeyboardInterrupt
-        return update(self, detections)
+        return update(self, detections, conf)
 
     monkeypatch.setattr(Tracker, "update", interrupt)
     out = tmp_path / "out"

@@ -179,8 +179,7 @@ class Analytics:
             self.frame_rate = fps or 30.0
             self.tracker = Tracker(frame_rate=self.frame_rate)
             self._check_inside(found.image_size)
-        tracked = self.tracker.update(found)
-        tracked = tracked[(tracked.tracker_id >= 0) | (tracked.scores >= self.conf)]
+        tracked = self.tracker.update(found, self.conf)
         for counter in (*self.lines, *self.zones):
             counter.update(tracked)
         return tracked
