@@ -128,6 +128,8 @@ class TrainRecipe:
     matcher_focal_alpha: float = 0.25
     matcher_focal_gamma: float = 2.0
     matcher_iou_order: float = 4.0
+    dense_positives: int = 0  # encoder anchors trained per object, one-to-many (0: the official one-to-one only)
+    dense_epochs: int = 0  # ... in the run's first epochs
     copyblend_area_threshold: int = 100
     copyblend_num_objects: int = 3
     copyblend_expand_ratios: tuple[float, float] = (0.1, 0.25)

@@ -1,5 +1,6 @@
 """DEIM matcher and losses: hand-computed cases, and parity with the public DEIMv2 criterion
 (tests/data/losses/*.npz, written by tools/make_loss_vectors.py)."""
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from deim_edge.models.deimv2 import build_model
 from deim_edge.training import DEIMLoss, HungarianMatcher
 from deim_edge.training.losses import box_losses, ddf_loss, ddf_terms, fgl_loss, mal_loss
-from deim_edge.training.matcher import union_indices
+from deim_edge.training.matcher import dense_assignment, union_indices
 from deim_edge.variants import get_variant
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -87,6 +88,45 @@ def test_union_indices_keeps_most_frequent_target():
     others = [[(t([0, 2]), t([0, 1]))], [(t([0, 1]), t([1, 1]))]]
     src, tgt = union_indices(main, others)[0]
     assert dict(zip(src.tolist(), tgt.tolist())) == {0: 0, 1: 1, 2: 1}
+
+
+def test_dense_assignment_takes_the_best_aligned_anchors_inside_each_box():
+    # A 4 x 4 grid of anchors (centres at 0.125, 0.375, ...); anchor index = row * 4 + column.
+    c = (torch.arange(4) + 0.5) / 4
+    centres = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1).reshape(16, 2)
+    valid = torch.ones(16, dtype=torch.bool)
+    boxes = torch.cat([centres, torch.full((16, 2), 0.25)], 1).unsqueeze(0)  # each anchor predicts its cell
+    logits = torch.full((1, 16, 2), -4.0)
+    logits[0, [0, 5], 0] = 4.0  # anchors 0 and 5 are confident of class 0
+    targets = _targets([0, 1], [[0.25, 0.25, 0.5, 0.5],  # covers anchors 0, 1, 4, 5
+                                [0.9, 0.9, 0.02, 0.02]])  # smaller than a cell, no centre inside
+    src, tgt = dense_assignment(logits, boxes, centres, valid, targets, k=2)[0]
+    assert dict(zip(src.tolist(), tgt.tolist())) == {0: 0, 5: 0, 15: 1}  # best two inside; the nearest anchor
+    assert len(dense_assignment(logits, boxes, centres, valid, targets, k=10)[0][0]) == 5  # all four inside
+    # An anchor inside two boxes keeps the one its predicted box overlaps most.
+    overlapping = _targets([0, 0], [[0.125, 0.125, 0.25, 0.25], [0.2, 0.2, 0.4, 0.4]])
+    src, tgt = dense_assignment(logits, boxes, centres, valid, overlapping, k=1)[0]
+    assert dict(zip(src.tolist(), tgt.tolist())) == {0: 0}  # anchor 0's box is the first target exactly
+    assert [len(i) for i in dense_assignment(logits, boxes, centres, valid, _targets([], []), k=2)[0]] == [0, 0]
+
+
+def test_dense_terms_only_when_asked():
+    variant = get_variant("deimv2-atto")
+    model = build_model(variant, num_classes=1, input_size=320).train()
+    targets = _targets([0, 0], [[0.3, 0.3, 0.1, 0.1], [0.7, 0.6, 0.2, 0.3]])
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 320, 320)
+    assert "enc_dense" not in model(images, targets)
+    model.decoder.dense_supervision = True
+    outputs = model(images, targets)
+    assert outputs["enc_dense"]["pred_logits"].shape == (1, 500, 1)  # 20 x 20 + 10 x 10 anchors
+    assert not any(k.endswith("_dense") for k in DEIMLoss(1, variant.recipe)(outputs, targets))
+    recipe = dataclasses.replace(variant.recipe, dense_positives=10, dense_epochs=3)
+    assert not any(k.endswith("_dense") for k in DEIMLoss(1, recipe)(outputs, targets, epoch=3))  # after them
+    terms = DEIMLoss(1, recipe)(outputs, targets, epoch=2)
+    assert {"loss_mal_dense", "loss_bbox_dense", "loss_giou_dense"} <= set(terms)
+    terms["loss_giou_dense"].backward()
+    assert model.decoder.enc_bbox_head.layers[-1].weight.grad.abs().sum() > 0  # (its last layer starts at zero)
 
 
 def test_mal_tiny_case():

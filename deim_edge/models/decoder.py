@@ -147,6 +147,7 @@ class DEIMv2Decoder(nn.Module):
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.ranking = "topk"  # or "compare": the query selection without TopK (models/ranking.py)
+        self.dense_supervision = False  # training: also return every anchor's prediction ('enc_dense')
         self.num_denoising = num_denoising
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
@@ -266,6 +267,10 @@ class DEIMv2Decoder(nn.Module):
         if self.training:
             selected["enc_logits"] = take(enc_logits)
             selected["enc_boxes"] = torch.sigmoid(boxes_unact)
+            if self.dense_supervision:  # every anchor's prediction, for the one-to-many encoder loss
+                selected["dense"] = {"pred_logits": enc_logits,
+                                     "pred_boxes": torch.sigmoid(self.enc_bbox_head(memory) + anchors),
+                                     "centres": torch.sigmoid(anchors[0, :, :2].float()), "valid": valid_mask[0, :, 0]}
         return selected
 
     def forward(self, feats: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> dict:
@@ -311,6 +316,8 @@ class DEIMv2Decoder(nn.Module):
                "enc_aux_outputs": [{"pred_logits": selected["enc_logits"], "pred_boxes": selected["enc_boxes"]}],
                "pre_outputs": {"pred_logits": dec["pre_logits"], "pred_boxes": dec["pre_boxes"]},
                "enc_meta": {"class_agnostic": False}}
+        if "dense" in selected:
+            out["enc_dense"] = selected["dense"]
         if dn_meta is not None:
             out["dn_outputs"] = _layer_outputs(dn_dec, last=True)
             out["dn_pre_outputs"] = {"pred_logits": dn_dec["pre_logits"], "pred_boxes": dn_dec["pre_boxes"]}

@@ -9,7 +9,7 @@ from ..models.box_ops import box_cxcywh_to_xyxy
 from ..models.fdr import bbox2distance
 from ..variants import TrainRecipe
 from .losses import box_losses, ddf_loss, ddf_terms, fgl_loss, flat_index, mal_loss, matched_targets
-from .matcher import HungarianMatcher, Indices, union_indices
+from .matcher import HungarianMatcher, Indices, dense_assignment, union_indices
 
 Targets = list[dict[str, Tensor]]
 
@@ -38,8 +38,9 @@ def denoising_indices(dn_meta: dict, targets: Targets) -> Indices:
 
 class DEIMLoss(nn.Module):
     """Weighted MAL, L1, GIoU (+ FGL, DDF) over the final, intermediate, pre-decoder, encoder and
-    denoising outputs. Keys: loss_{mal,bbox,giou,fgl,ddf} with suffixes '', _aux_i, _pre, _enc_i,
-    _dn_i, _dn_pre."""
+    denoising outputs, and (recipe.dense_positives > 0, outputs with 'enc_dense', the first
+    recipe.dense_epochs epochs) one-to-many over every encoder anchor. Keys: loss_{mal,bbox,giou,fgl,ddf}
+    with suffixes '', _aux_i, _pre, _enc_i, _dn_i, _dn_pre, _dense."""
 
     def __init__(self, num_classes: int, recipe: TrainRecipe) -> None:
         super().__init__()
@@ -57,6 +58,7 @@ class DEIMLoss(nn.Module):
         self.mal_alpha = None
         self.use_fgl_ddf = recipe.use_fgl_ddf
         self.use_uni_set = recipe.use_uni_set
+        self.dense_positives, self.dense_epochs = recipe.dense_positives, recipe.dense_epochs
 
     def forward(self, outputs: dict, targets: Targets, epoch: int = 0) -> dict[str, Tensor]:
         """outputs: the model's training dict; targets: per image 'labels' [M] int64 and 'boxes'
@@ -82,6 +84,14 @@ class DEIMLoss(nn.Module):
         enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets] if agnostic else targets
         for i, (out, own) in enumerate(zip(outputs["enc_aux_outputs"], enc_indices)):
             losses.update(self._terms(out, enc_targets, own, box_idx or own, num_boxes, num_box, shared, f"_enc_{i}",
+                                      num_classes=1 if agnostic else None))
+
+        if self.dense_positives and epoch < self.dense_epochs and "enc_dense" in outputs:
+            dense = outputs["enc_dense"]
+            assigned = dense_assignment(dense["pred_logits"], dense["pred_boxes"], dense["centres"], dense["valid"],
+                                        enc_targets, self.dense_positives)
+            num_dense = _mean_count(sum(len(src) for src, _ in assigned), device)
+            losses.update(self._terms(dense, enc_targets, assigned, assigned, num_dense, num_dense, shared, "_dense",
                                       num_classes=1 if agnostic else None))
 
         if "dn_outputs" in outputs:

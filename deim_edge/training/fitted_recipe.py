@@ -21,7 +21,12 @@ policy and the schedule scale by 1) and a line per decision, printed at the star
   image: DEIM's dense one-to-one matching);
 - on a small set, brightness varies x0.6..1.4 (the recipe: x0.875..1.125; YOLO's default: +-40%): trained on
   one site, Atto found half as many trees as YOLO11n on another place of it, twice as bright;
-- the minimum box size after augmentation drops to half the data's 5th-percentile short side.
+- the minimum box size after augmentation drops to half the data's 5th-percentile short side;
+- on a small set, the first 20% of the epochs also train every encoder anchor one-to-many (up to 10 anchors
+  inside each object, chosen by score * IoU ** 6 as YOLOv8's assigner does) beside DETR's one-to-one matching:
+  a 20-minute Atto run on the forest set reached held-out AP50 0.333 against 0.293-0.315 without it. Kept on
+  for the whole run, the encoder's several high-scoring anchors per object held the one-to-one decoder back
+  (Pico's in-training AP50 stalled near 0.1 for 50 epochs while the plain run climbed to 0.16).
 On COCO-sized data with the recipe's batch and epochs every rule leaves the official recipe as it is.
 """
 from __future__ import annotations
@@ -36,6 +41,8 @@ from .data_check import DataStats, finest_stride
 
 SMALL_SET = 2000  # images; under this the small-set rules apply
 SMALL_SET_LR_GAMMA = 0.05  # the final rate's share of the initial on a small set
+DENSE_POSITIVES = 10  # encoder anchors per object on a small set (YOLOv8's task-aligned assigner: 10)
+DENSE_SHARE = 0.2  # ... in this share of the run's first epochs
 SHARE = 0.05  # the most of a run's iterations warm-up and the EMA horizon take
 
 
@@ -108,6 +115,11 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
         p2 = max(p2, epochs - no_aug)
         lines.append(f"  photometric distortion, zoom-out and IoU crop until the last {no_aug} epoch(s) (the recipe "
                      f"stops them at {base.aug_policy_epochs[2] / base.epochs:.0%} of the run)")
+    dense, dense_epochs = base.dense_positives, base.dense_epochs
+    if small:
+        dense, dense_epochs = DENSE_POSITIVES, max(1, round(DENSE_SHARE * epochs))
+        lines.append(f"  the first {dense_epochs} epochs also train the encoder's anchors one-to-many ({dense} per "
+                     "object, task-aligned): a faster start")
     recipe = dataclasses.replace(
         base, epochs=epochs, lr=base.lr * lr_factor, backbone_lr=base.backbone_lr * lr_factor, lr_gamma=lr_gamma,
         total_batch_size=batch, warmup_iters=warmup_iters, flat_epoch=scale_epoch(base.flat_epoch, f),
@@ -116,5 +128,6 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
         copyblend_epochs=tuple(scale_epoch(e, f) for e in base.copyblend_epochs),
         stop_epoch=scale_epoch(base.stop_epoch, f), matcher_change_epoch=scale_epoch(base.matcher_change_epoch, f),
         ema_decay=ema_decay, ema_warmups=ema_warmups, mosaic_prob=mosaic_prob, zoom_out_max=zoom_out_max,
-        min_box_size=min_box, mosaic_output_size=mosaic_size, mosaic_keeps_scale=keeps_scale, brightness=brightness)
+        min_box_size=min_box, mosaic_output_size=mosaic_size, mosaic_keeps_scale=keeps_scale, brightness=brightness,
+        dense_positives=dense, dense_epochs=dense_epochs)
     return recipe, lines

@@ -1,4 +1,5 @@
-"""Hungarian matching of queries to ground-truth boxes, and the union of matches across layers."""
+"""Hungarian matching of queries to ground-truth boxes, the union of matches across layers, and the
+one-to-many assignment of encoder anchors (dense supervision)."""
 from __future__ import annotations
 
 import torch
@@ -77,3 +78,40 @@ def union_indices(indices: Indices, others: list[Indices]) -> Indices:
         result.append((torch.tensor(list(chosen.keys()), dtype=torch.int64, device=src.device),
                        torch.tensor(list(chosen.values()), dtype=torch.int64, device=src.device)))
     return result
+
+
+@torch.no_grad()
+def dense_assignment(logits: Tensor, boxes: Tensor, centres: Tensor, valid: Tensor,
+                     targets: list[dict[str, Tensor]], k: int) -> Indices:
+    """One-to-many assignment of encoder anchors to objects (task-aligned, as dense detectors do): each object
+    takes up to `k` anchors whose centre lies in its box (always at least the nearest valid anchor, so objects
+    smaller than a cell get one), the ones with the highest score * IoU ** 6 of their predicted box; an anchor
+    taken by several objects keeps the one its box overlaps most.
+
+    logits [B, L, C], boxes [B, L, 4] cxcywh (the encoder's predictions over all anchors), centres [L, 2]
+    the anchors' centres, valid [L] bool; returns per image (anchor indices [P], object indices [P])."""
+    indices = []
+    for b, t in enumerate(targets):
+        labels, gt = t["labels"], t["boxes"]
+        if len(labels) == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=logits.device)
+            indices.append((empty, empty))
+            continue
+        gt_xyxy = box_cxcywh_to_xyxy(gt)  # [M, 4]
+        x, y = centres[:, :1], centres[:, 1:]  # [L, 1]
+        inside = (x > gt_xyxy[:, 0]) & (x < gt_xyxy[:, 2]) & (y > gt_xyxy[:, 1]) & (y < gt_xyxy[:, 3])  # [L, M]
+        distance = torch.cdist(centres, gt[:, :2]).masked_fill(~valid[:, None], float("inf"))
+        inside[distance.argmin(0), torch.arange(len(labels), device=gt.device)] = True
+        inside &= valid[:, None]
+        iou = box_iou(box_cxcywh_to_xyxy(boxes[b].float()), gt_xyxy)[0]  # [L, M]
+        metric = logits[b].float().sigmoid()[:, labels] * iou.pow(6)
+        metric = torch.where(inside, metric, torch.full_like(metric, -1.0))
+        top = metric.topk(min(k, len(metric)), dim=0).indices  # [k, M]
+        chosen = torch.zeros_like(inside)
+        chosen.scatter_(0, top, True)
+        chosen &= inside
+        overlap = torch.where(chosen, iou, torch.full_like(iou, -1.0))
+        best = overlap.argmax(1)  # [L]: the object each anchor keeps
+        anchors = torch.nonzero(chosen.any(1)).squeeze(1)
+        indices.append((anchors, best[anchors]))
+    return indices
