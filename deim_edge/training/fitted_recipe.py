@@ -24,8 +24,8 @@ policy and the schedule scale by 1) and a line per decision, printed at the star
 - the minimum box size after augmentation drops to half the data's 5th-percentile short side;
 - on a small set, the first 20% of the epochs also train every encoder anchor one-to-many (up to 10 anchors
   inside each object, chosen by score * IoU ** 6 as YOLOv8's assigner does) beside DETR's one-to-one matching:
-  20-minute runs on the forest set reached held-out AP50 0.333 (Atto; 0.293-0.315 without it) and 0.251 (Pico;
-  0.198 without it the same day). Kept on
+  20-minute runs on the forest set reached held-out AP50 0.333 / 0.294 (Atto; 0.293-0.315 without it) and
+  0.251 / 0.273 (Pico; 0.198 without it the same day). Kept on
   for the whole run, the encoder's several high-scoring anchors per object held the one-to-one decoder back
   (Pico's in-training AP50 stalled near 0.1 for 50 epochs while the plain run climbed to 0.16).
 On COCO-sized data with the recipe's batch and epochs every rule leaves the official recipe as it is.
