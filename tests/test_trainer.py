@@ -67,6 +67,15 @@ def test_curves_png(run):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
+def test_the_dense_start_runs_in_the_first_epochs_only(data, tmp_path):
+    trainer = Trainer(config(data, tmp_path, epochs=10))
+    assert (trainer.recipe.dense_positives, trainer.recipe.dense_epochs) == (10, 2)  # a small set: 20% of 10
+    trainer.train_one_epoch(1)
+    assert trainer.model.decoder.dense_supervision
+    trainer.train_one_epoch(2)
+    assert not trainer.model.decoder.dense_supervision  # no dense outputs, no dense loss after them
+
+
 def test_resume_is_exact(data, run, tmp_path):
     full_out, _ = run
     Trainer(config(data, tmp_path)).fit(until=1)  # "killed" after the first epoch

@@ -38,9 +38,9 @@ def denoising_indices(dn_meta: dict, targets: Targets) -> Indices:
 
 class DEIMLoss(nn.Module):
     """Weighted MAL, L1, GIoU (+ FGL, DDF) over the final, intermediate, pre-decoder, encoder and
-    denoising outputs, and (recipe.dense_positives > 0, outputs with 'enc_dense', the first
-    recipe.dense_epochs epochs) one-to-many over every encoder anchor. Keys: loss_{mal,bbox,giou,fgl,ddf}
-    with suffixes '', _aux_i, _pre, _enc_i, _dn_i, _dn_pre, _dense."""
+    denoising outputs, and (recipe.dense_positives > 0, outputs with 'enc_dense': the trainer asks the
+    decoder for them in the recipe's first dense_epochs) one-to-many over every encoder anchor. Keys:
+    loss_{mal,bbox,giou,fgl,ddf} with suffixes '', _aux_i, _pre, _enc_i, _dn_i, _dn_pre, _dense."""
 
     def __init__(self, num_classes: int, recipe: TrainRecipe) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ class DEIMLoss(nn.Module):
         self.mal_alpha = None
         self.use_fgl_ddf = recipe.use_fgl_ddf
         self.use_uni_set = recipe.use_uni_set
-        self.dense_positives, self.dense_epochs = recipe.dense_positives, recipe.dense_epochs
+        self.dense_positives = recipe.dense_positives
 
     def forward(self, outputs: dict, targets: Targets, epoch: int = 0) -> dict[str, Tensor]:
         """outputs: the model's training dict; targets: per image 'labels' [M] int64 and 'boxes'
@@ -86,7 +86,7 @@ class DEIMLoss(nn.Module):
             losses.update(self._terms(out, enc_targets, own, box_idx or own, num_boxes, num_box, shared, f"_enc_{i}",
                                       num_classes=1 if agnostic else None))
 
-        if self.dense_positives and epoch < self.dense_epochs and "enc_dense" in outputs:
+        if self.dense_positives and "enc_dense" in outputs:
             dense = outputs["enc_dense"]
             assigned = dense_assignment(dense["pred_logits"], dense["pred_boxes"], dense["centres"], dense["valid"],
                                         enc_targets, self.dense_positives)
