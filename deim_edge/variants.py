@@ -136,6 +136,8 @@ class TrainRecipe:
     zoom_out_max: float = 4.0  # RandomZoomOut's largest canvas side, as torchvision's default
     mosaic_keeps_scale: bool = False  # a window of the mosaic is kept instead of the whole, shrunk (small objects)
     brightness: tuple[float, float] = (0.875, 1.125)  # RandomPhotometricDistort's factor range (torchvision's)
+    photometric_p: float = 0.5  # RandomPhotometricDistort: each colour change's probability (torchvision's)
+    channel_swap: bool = True  # ... and a random channel permutation, with the same probability
 
 
 @dataclass(frozen=True)

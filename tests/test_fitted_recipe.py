@@ -75,6 +75,8 @@ def test_a_small_short_run_is_fitted(tmp_path):
     assert recipe.mosaic_prob == 0.5 and recipe.mosaic_keeps_scale and recipe.mosaic_output_size == 320
     assert recipe.min_box_size == 12  # half the 5th-percentile short side (36 px) is above the recipe's 12
     assert base.dense_epochs == 0 and (recipe.dense_positives, recipe.dense_epochs) == (10, 20)  # one-to-many
+    assert recipe.brightness == (0.6, 1.4) and recipe.photometric_p == 1.0 and not recipe.channel_swap
+    assert base.photometric_p == 0.5 and base.channel_swap  # torchvision's, as the official recipe
     assert any("learning rate" in line for line in lines) and any("warm-up" in line for line in lines)
     again, _ = fit_recipe(variant, stats, batch=8, epochs=300, iters_per_epoch=5, warmup_iters=recipe.warmup_iters)
     assert again.warmup_iters == recipe.warmup_iters and again.flat_epoch == 150

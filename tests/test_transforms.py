@@ -93,6 +93,20 @@ def test_photometric_keeps_shape_boxes_and_changes_pixels():
     np.testing.assert_array_equal(same, image)
 
 
+def test_photometric_swaps_channels_only_when_allowed():
+    rng = np.random.default_rng(5)
+    image, target = _sample(rng)
+    image = (image.astype(int) + rng.integers(0, 60, image.shape)).clip(0, 255).astype(np.uint8)
+    no_colour = dict(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=(0.0, 0.0), p=1.0)
+    swapped = [RandomPhotometricDistort(**no_colour)(image, target, np.random.default_rng(s))[0] for s in range(6)]
+    assert any(not np.array_equal(out, image) for out in swapped)  # only a permutation changes these pixels
+    assert all(sorted(out.reshape(-1, 3).sum(0).tolist()) == sorted(image.reshape(-1, 3).sum(0).tolist())
+               for out in swapped)
+    for seed in range(6):
+        kept, _ = RandomPhotometricDistort(**no_colour, channel_swap=False)(image, target, np.random.default_rng(seed))
+        np.testing.assert_array_equal(kept, image)
+
+
 def test_mosaic_output_size_and_boxes_inside_canvas():
     rng = np.random.default_rng(4)
     mosaic = Mosaic(output_size=80, max_cached_images=3)

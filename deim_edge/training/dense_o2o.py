@@ -281,7 +281,8 @@ class TrainPipeline:
         self.policy = policy
         self.mosaic = Mosaic(output_size=r.mosaic_output_size, rotation_range=10, fill_value=0,
                              crop=r.mosaic_output_size if r.mosaic_keeps_scale else None)
-        self.photometric = RandomPhotometricDistort(brightness=r.brightness, p=0.5)
+        self.photometric = RandomPhotometricDistort(brightness=r.brightness, p=r.photometric_p,
+                                                    channel_swap=r.channel_swap)
         self.zoom_crop = Compose([RandomZoomOut(fill=0, side_range=(1.0, r.zoom_out_max)), RandomIoUCrop(p=0.8)])
         self.tail = Compose([SanitizeBoundingBoxes(r.min_box_size), RandomHorizontalFlip(),
                              Resize(size), SanitizeBoundingBoxes(r.min_box_size)])

@@ -106,11 +106,14 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     min_box = int(max(1, min(base.min_box_size, np.floor(short / 2))))
     lines.append(f"  boxes under {min_box} px dropped after augmentation (recipe: {base.min_box_size})")
 
-    brightness = base.brightness
+    brightness, photometric_p, channel_swap = base.brightness, base.photometric_p, base.channel_swap
     if small:
         brightness = (min(brightness[0], 0.6), max(brightness[1], 1.4))
+        photometric_p, channel_swap = 1.0, False
         lines.append(f"  brightness x{brightness[0]:g}..{brightness[1]:g} (the recipe: x{base.brightness[0]:g}.."
-                     f"{base.brightness[1]:g}): a few images show a few lighting conditions")
+                     f"{base.brightness[1]:g}), contrast, saturation and hue changed on every image (the recipe: "
+                     f"each with p={base.photometric_p:g}), channels never swapped: a few images show a few "
+                     "lighting conditions, and their colours are real")
     p0, p1, p2 = (scale_epoch(e, f) for e in base.aug_policy_epochs)
     if small:
         p2 = max(p2, epochs - no_aug)
@@ -130,5 +133,5 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
         stop_epoch=scale_epoch(base.stop_epoch, f), matcher_change_epoch=scale_epoch(base.matcher_change_epoch, f),
         ema_decay=ema_decay, ema_warmups=ema_warmups, mosaic_prob=mosaic_prob, zoom_out_max=zoom_out_max,
         min_box_size=min_box, mosaic_output_size=mosaic_size, mosaic_keeps_scale=keeps_scale, brightness=brightness,
-        dense_positives=dense, dense_epochs=dense_epochs)
+        photometric_p=photometric_p, channel_swap=channel_swap, dense_positives=dense, dense_epochs=dense_epochs)
     return recipe, lines

@@ -84,13 +84,15 @@ def _shift_hue(image: np.ndarray, hue: float) -> np.ndarray:
 
 class RandomPhotometricDistort(Transform):
     """Brightness, contrast (before or after the colour ops), saturation, hue and a channel permutation,
-    each applied with probability p, as torchvision's v2 RandomPhotometricDistort."""
+    each applied with probability p, as torchvision's v2 RandomPhotometricDistort; `channel_swap=False` never
+    permutes the channels."""
 
     def __init__(self, brightness: tuple[float, float] = (0.875, 1.125), contrast: tuple[float, float] = (0.5, 1.5),
                  saturation: tuple[float, float] = (0.5, 1.5), hue: tuple[float, float] = (-0.05, 0.05),
-                 p: float = 0.5, rng: np.random.Generator | None = None) -> None:
+                 p: float = 0.5, channel_swap: bool = True, rng: np.random.Generator | None = None) -> None:
         super().__init__(rng)
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
+        self.channel_swap = channel_swap
 
     def __call__(self, image: np.ndarray, target: Target, rng: np.random.Generator | None = None) -> Sample:
         rng = self._rng(rng)
@@ -99,7 +101,7 @@ class RandomPhotometricDistort(Transform):
         saturation = rng.uniform(*self.saturation) if rng.random() < self.p else None
         hue = rng.uniform(*self.hue) if rng.random() < self.p else None
         contrast_before = rng.random() < 0.5
-        permutation = rng.permutation(3) if rng.random() < self.p else None
+        permutation = rng.permutation(3) if rng.random() < self.p and self.channel_swap else None
 
         out = image.astype(np.float32)  # HxWx3
         if brightness is not None:
