@@ -23,9 +23,9 @@ policy and the schedule scale by 1) and a line per decision, printed at the star
   one site, Atto found half as many trees as YOLO11n on another place of it, twice as bright;
 - on a small set, contrast, saturation and hue change on every image (the recipe: each with p=0.5) and the
   channels are never swapped (the recipe permutes them with p=0.5; YOLO never does): the objects' colours carry
-  over to other sites. Pico's held-out AP50 on the forest set: 0.299 / 0.265 / 0.283 (142-150 epochs, a slow
-  day; that day's YOLO11n 0.281) against 0.251 / 0.273 without it (159-169 epochs) and 0.229-0.256 for the same
-  day's runs of other changes (100 queries, rate x1.25, mosaic on every image); Atto 0.291;
+  over to other sites. Pico's held-out AP50 on the forest set: 0.299 / 0.265 / 0.283 / 0.282 (140-150 epochs, a
+  slow day; that day's YOLO11n 0.281 / 0.288) against 0.251 / 0.273 without it (159-169 epochs) and 0.229-0.256
+  for the same day's runs of other changes (100 queries, rate x1.25, mosaic on every image); Atto 0.291;
 - the minimum box size after augmentation drops to half the data's 5th-percentile short side;
 - on a small set, the first 20% of the epochs also train every encoder anchor one-to-many (up to 10 anchors
   inside each object, chosen by score * IoU ** 6 as YOLOv8's assigner does) beside DETR's one-to-one matching:
@@ -117,8 +117,8 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
         photometric_p, channel_swap = 1.0, False
         lines.append(f"  brightness x{brightness[0]:g}..{brightness[1]:g} (the recipe: x{base.brightness[0]:g}.."
                      f"{base.brightness[1]:g}), contrast, saturation and hue changed on every image (the recipe: "
-                     f"each with p={base.photometric_p:g}), channels never swapped: a few images show a few "
-                     "lighting conditions, and their colours are real")
+                     f"each with p={base.photometric_p:g}), the channels never swapped: a few images show a few "
+                     "lighting conditions, and objects keep their colours")
     p0, p1, p2 = (scale_epoch(e, f) for e in base.aug_policy_epochs)
     if small:
         p2 = max(p2, epochs - no_aug)
