@@ -21,18 +21,19 @@ policy and the schedule scale by 1) and a line per decision, printed at the star
   image: DEIM's dense one-to-one matching);
 - on a small set, brightness varies x0.6..1.4 (the recipe: x0.875..1.125; YOLO's default: +-40%): trained on
   one site, Atto found half as many trees as YOLO11n on another place of it, twice as bright;
-- on a small set, contrast, saturation and hue change on every image (the recipe: each with p=0.5) and the
-  channels are never swapped (the recipe permutes them with p=0.5; YOLO never does): the objects' colours carry
-  over to other sites. Pico's held-out AP50 on the forest set: 0.299 / 0.265 / 0.283 / 0.282 (140-150 epochs, a
-  slow day; that day's YOLO11n 0.281 / 0.288) against 0.251 / 0.273 without it (159-169 epochs) and 0.229-0.256
-  for the same day's runs of other changes (100 queries, rate x1.25, mosaic on every image); Atto 0.291;
+- on a small set, brightness, contrast, saturation and hue change on every image (the recipe: each with
+  p=0.5) and the channels are never swapped (the recipe permutes them with p=0.5; YOLO never does): the
+  objects' colours carry over to other sites. Pico's held-out AP50 on the forest set: 0.299 / 0.265 / 0.283 /
+  0.282 (140-150 epochs, a slow day; that day's YOLO11n 0.281 / 0.288) against 0.251 / 0.273 without it
+  (159-169 epochs) and 0.229-0.256 for the same day's runs of other changes (100 queries, rate x1.25, mosaic
+  on every image); Atto 0.291;
 - the minimum box size after augmentation drops to half the data's 5th-percentile short side;
 - on a small set, the first 20% of the epochs also train every encoder anchor one-to-many (up to 10 anchors
   inside each object, chosen by score * IoU ** 6 as YOLOv8's assigner does) beside DETR's one-to-one matching:
   20-minute runs on the forest set reached held-out AP50 0.333 / 0.294 (Atto; 0.293-0.315 without it) and
-  0.251 / 0.273 (Pico; 0.198 without it the same day). Kept on
-  for the whole run, the encoder's several high-scoring anchors per object held the one-to-one decoder back
-  (Pico's in-training AP50 stalled near 0.1 for 50 epochs while the plain run climbed to 0.16).
+  0.251 / 0.273 (Pico; 0.198 without it the same day). Kept on for the whole run, the encoder's several
+  high-scoring anchors per object held the one-to-one decoder back (Pico's in-training AP50 stalled near 0.1
+  for 50 epochs while the plain run climbed to 0.16).
 On COCO-sized data with the recipe's batch and epochs every rule leaves the official recipe as it is.
 """
 from __future__ import annotations
@@ -115,9 +116,9 @@ def fit_recipe(variant: Variant, stats: DataStats, batch: int, epochs: int, iter
     if small:
         brightness = (min(brightness[0], 0.6), max(brightness[1], 1.4))
         photometric_p, channel_swap = 1.0, False
-        lines.append(f"  brightness x{brightness[0]:g}..{brightness[1]:g} (the recipe: x{base.brightness[0]:g}.."
-                     f"{base.brightness[1]:g}), contrast, saturation and hue changed on every image (the recipe: "
-                     f"each with p={base.photometric_p:g}), the channels never swapped: a few images show a few "
+        lines.append(f"  brightness (x{brightness[0]:g}..{brightness[1]:g}; the recipe: x{base.brightness[0]:g}.."
+                     f"{base.brightness[1]:g}), contrast, saturation and hue change on every image (the recipe: "
+                     f"each with p={base.photometric_p:g}), the channels are never swapped: a few images show a few "
                      "lighting conditions, and objects keep their colours")
     p0, p1, p2 = (scale_epoch(e, f) for e in base.aug_policy_epochs)
     if small:
