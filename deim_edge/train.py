@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train", help="folder for last.pth, best.pth, log.txt, curves.png")
-    p.add_argument("--eval-every", type=int, help="evaluate the EMA model every N epochs (default: every epoch in "
-                                                  "the last quarter of the run, every epochs/40 before)")
+    p.add_argument("--eval-every", type=int, help="evaluate the EMA model every N epochs (default: in the last "
+                                                  "quarter of the run every epoch, or every 2nd or 3rd when the EMA "
+                                                  "spans at least 4 or 6 epochs; every epochs/20 before)")
     p.add_argument("--resume", help="last.pth of an interrupted run: continue it")
     p.add_argument("--init-from", help="a checkpoint of any size or variant: start from its matching tensors")
     p.add_argument("--sync-bn", action="store_true",

@@ -76,6 +76,19 @@ def test_the_dense_start_runs_in_the_first_epochs_only(data, tmp_path):
     assert not trainer.model.decoder.dense_supervision  # no dense outputs, no dense loss after them
 
 
+def test_evaluations_thin_out_where_the_ema_spans_several_epochs(data, tmp_path):
+    def evaluated(trainer):
+        return [e for e in range(trainer.epochs) if trainer._evaluates(e)]
+
+    long = Trainer(config(data, tmp_path, epochs=200))  # 3 steps an epoch; the EMA averages 30 steps = 10 epochs
+    assert 1.0 / (1.0 - long.recipe.ema_decay) == pytest.approx(30.0)
+    assert evaluated(long) == [*range(9, 150, 10), *range(152, 199, 3), 199]  # curve points, then every third
+    short = Trainer(config(data, tmp_path, epochs=40))  # the EMA averages 10 steps, 3.3 epochs: every late epoch
+    assert evaluated(short) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, *range(30, 40)]
+    given = Trainer(config(data, tmp_path, epochs=200, eval_every=1))
+    assert evaluated(given) == list(range(200))
+
+
 def test_resume_is_exact(data, run, tmp_path):
     full_out, _ = run
     Trainer(config(data, tmp_path)).fit(until=1)  # "killed" after the first epoch
