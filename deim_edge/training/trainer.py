@@ -230,7 +230,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmups)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.start_epoch, self.best_ap, self.history = 0, -1.0, []
-        self._curves_drawn = -math.inf  # when curves.png was last drawn (perf_counter)
+        self._curves_drawn, self._curves_epochs = -math.inf, 0  # when curves.png was last drawn, with how many epochs
         if resume is not None:
             self._resume(resume, c.resume)
         elif self.budget is not None and c.epochs is None:
@@ -355,14 +355,14 @@ class Trainer:
                 self._draw_curves()
             epoch += 1
             self._refit_to_budget(epoch)
-        if self.dist.main and self.history:
+        if self.dist.main and len(self.history) != self._curves_epochs:  # the epochs since the last drawing
             self._draw_curves()
         return self.history
 
     def _draw_curves(self) -> None:
         if _has_matplotlib():
             write_curves(self.history, self.out / "curves.png")
-        self._curves_drawn = time.perf_counter()
+        self._curves_drawn, self._curves_epochs = time.perf_counter(), len(self.history)
 
     def eval_interval(self, epoch: int) -> int:
         """Epochs between evaluations of the EMA model around `epoch`: --eval-every when given. By default, in the
