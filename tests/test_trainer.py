@@ -89,6 +89,22 @@ def test_evaluations_thin_out_where_the_ema_spans_several_epochs(data, tmp_path)
     assert evaluated(given) == list(range(200))
 
 
+def test_a_run_stopped_by_its_budget_evaluates_the_last_epoch_it_trains(data, tmp_path):
+    import dataclasses
+
+    from deim_edge.training.budget import TimeBudget
+
+    class TwoEpochs(TimeBudget):  # the clock runs out after the second epoch's training
+        def fits_another(self, history):
+            return len(history) < 2
+
+    trainer = Trainer(config(data, tmp_path, epochs=200))  # evaluates every 10th epoch this early
+    trainer.config = dataclasses.replace(trainer.config, time_minutes=1.0)
+    trainer.budget = TwoEpochs(1.0)
+    history = trainer.fit()
+    assert [("AP" in r) for r in history] == [False, True]  # the second is not due, but it is the last one
+
+
 def test_resume_is_exact(data, run, tmp_path):
     full_out, _ = run
     Trainer(config(data, tmp_path)).fit(until=1)  # "killed" after the first epoch

@@ -324,7 +324,8 @@ class Trainer:
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train the epochs left (or up to epoch `until`, exclusive, e.g. to stop early); returns the
-        per-epoch log records. With a time budget, stops before an epoch that would not end inside it."""
+        per-epoch log records. With a time budget, stops before an epoch that would not end inside it, and
+        evaluates the last epoch it trains (best.pth may be it)."""
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
         epoch = self.start_epoch
@@ -340,7 +341,8 @@ class Trainer:
                 self.history.append(record)
                 self.start_epoch = epoch = epoch + 1
                 continue
-            if self.val_set is not None and self._evaluates(epoch):
+            last_in_budget = self.budget is not None and not self.budget.fits_another([*self.history, record])
+            if self.val_set is not None and (self._evaluates(epoch) or last_in_budget):
                 record.update(evaluate(self.ema.module, self.val_set, self.config.batch_size, self.size,
                                        self.device))
             record["time_s"] = round(time.perf_counter() - start, 3)
