@@ -68,7 +68,7 @@ def test_a_small_short_run_is_fitted(tmp_path):
     assert recipe.epochs == 100 and recipe.lr == base.lr  # kept below the recipe's batch (128)
     assert base.lr_gamma == 0.5 and recipe.lr_gamma == 0.05  # the rate falls to 5% of itself, not half
     assert recipe.warmup_iters <= 0.05 * 500 and recipe.ema_warmups <= 25 and 1 / (1 - recipe.ema_decay) <= 25
-    assert recipe.no_aug_epoch == 2 and recipe.aug_policy_epochs[2] == 98
+    assert base.no_aug_epoch == 32 and recipe.no_aug_epoch == 0 and recipe.aug_policy_epochs[2] == 100  # none
     assert recipe.flat_epoch == scale_epoch(base.flat_epoch, 100 / base.epochs) == 50
     assert recipe.matcher_change_epoch == 90
     assert 1 <= recipe.zoom_out_max < 1.3  # 38 px: 2.4 cells of stride 16, never shrunk below 2
