@@ -391,9 +391,9 @@ class Trainer:
     def _refit_to_budget(self, next_epoch: int) -> None:
         """Refit the run's length to the pace measured so far: either way while the learning rate is flat, and
         after that only shorter, when the planned epochs no longer fit, so that the rate's decay and the last
-        unaugmented epochs end inside the budget instead of being cut off (a 20-minute Atto run planned 248
-        epochs at mid-run and had time for 236, its rate at 0.12 of its start instead of 0.05). The epochs
-        given, or a resumed run, are never refitted."""
+        unaugmented epochs, where a run has them, end inside the budget instead of being cut off (a 20-minute
+        Atto run planned 248 epochs at mid-run and had time for 236, its rate at 0.12 of its start instead of
+        0.05). The epochs given, or a resumed run, are never refitted."""
         if self.budget is None or self.config.epochs is not None:
             return
         epoch_s, eval_s = pace(self.history)
