@@ -70,14 +70,15 @@ def test_outputs_equal_the_public_code(path: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_deploy_changes_outputs_by_at_most_1e5(name, dtype):
-    """fp32: within 1e-5 relative to the output's scale (float rounding); fp64: the fusions are exact."""
+def test_deploy_changes_outputs_only_by_float_rounding(name, dtype):
+    """fp32: within 3e-5 relative to the output's scale (float rounding: under 1e-5 on AVX512 CPUs, 1.3e-5 for M
+    on an AVX2-only one); fp64: the fusions are exact."""
     model = fill_parity_weights(build_model(name, input_size=320)).eval().to(dtype)
     x = parity_input((320, 320)).to(dtype)
     with torch.no_grad():
         before = model(x)
         after = model.deploy()(x)
-    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-6}
+    tol = {"atol": 3e-5, "rtol": 3e-5} if dtype == torch.float32 else {"atol": 1e-6}
     assert_same_queries({k: v.float() for k, v in after.items()}, before["pred_logits"].float().numpy(),
                         before["pred_boxes"].float().numpy(), **tol)
 
